@@ -1,0 +1,157 @@
+"""``aicli-api``: argument parsing only; the work happens in app, db, resolvers and runner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from aicm import __version__
+from aicm.config import ConfigError, Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aicli-api", description="AICode Manager API server")
+    parser.add_argument("--version", action="version", version=f"aicli-api {__version__}")
+    parser.add_argument("--config-check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: $AICLI_CONFIG, config/config.yaml)"
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="worker processes (needs Redis when more than 1)")
+
+    migrate = sub.add_parser("migrate", help="apply pending database migrations")
+    migrate.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+
+    admin = sub.add_parser("create-admin", help="create or promote a user with the admin role")
+    admin.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+    admin.add_argument("--email", required=True)
+    secret = admin.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password")
+    secret.add_argument("--password-stdin", action="store_true")
+    return parser
+
+
+def _settings(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(1) from exc
+
+
+def _config_check(path: str | None) -> int:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"config: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"config OK: {settings.config_path or 'built-in defaults'} (env {settings.app.env})")
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from aicm.db import apply_migrations
+
+    applied = asyncio.run(apply_migrations(settings))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _create_admin(settings: Settings, email: str, password: str) -> int:
+    from tortoise import Tortoise
+
+    from aicm.db import apply_migrations, tortoise_config
+    from aicm.errors import AppError
+    from aicm.resolvers.admin import create_admin
+
+    async def run() -> int:
+        if settings.auto_migrate:
+            await apply_migrations(settings)
+        await Tortoise.init(config=tortoise_config(settings))
+        try:
+            user, outcome = await create_admin(email, password)
+        except AppError as exc:
+            print(f"create-admin: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await Tortoise.close_connections()
+        messages = {
+            "created": "created admin",
+            "promoted": "promoted to admin",
+            "unchanged": "already admin:",
+        }
+        print(f"{messages[outcome]} {user.email}")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    workers = args.workers or settings.server.workers
+    if workers > 1 and not settings.redis.enabled:
+        print("serve: --workers > 1 needs Redis (sessions and live events must be shared)", file=sys.stderr)
+        return 1
+    if settings.auto_migrate:
+        _migrate(settings)
+    print(f"AICode Manager {__version__} serving GraphQL at http://{host}:{port}/graphql", flush=True)
+    if workers > 1:
+        # Worker processes load the same settings: point them at the same file.
+        if settings.config_path:
+            os.environ["AICLI_CONFIG"] = str(settings.config_path)
+        uvicorn.run(
+            "aicm.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_keep_alive=int(settings.server.idle_timeout),
+            log_level="warning",
+        )
+        return 0
+    from aicm.app import build_app
+
+    uvicorn.run(
+        build_app(settings),
+        host=host,
+        port=port,
+        timeout_keep_alive=int(settings.server.idle_timeout),
+        log_level="warning",
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.config_check:
+        return _config_check(args.config)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    settings = _settings(args.config)
+    if args.command == "serve":
+        return _serve(settings, args)
+    if args.command == "migrate":
+        return _migrate(settings)
+    if args.command == "create-admin":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
+        return _create_admin(settings, args.email, password)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

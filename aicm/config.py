@@ -1,0 +1,445 @@
+"""Typed configuration: the guide's config.yaml verbatim plus this system's sections (CONTRACT §1).
+
+Durations are stored as float seconds. The loader (``load_settings``) is the only place in the package
+that reads the process environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from aicm import _config_parse as _p
+
+DEFAULT_RUNNER_COMMAND = ["claude", "-p", "{prompt}", "--output-format", "stream-json", "--verbose"]
+
+
+@dataclass
+class AppConfig:
+    env: str = "development"  # development | test | production (APP_ENV)
+    data_dir: str = "./data"  # embedded database, development JWT secret, workspaces
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    idle_timeout: float = 120.0
+    max_header_bytes: int = 1_048_576
+    workers: int = 1
+    trusted_proxies: list[str] = field(default_factory=list)  # IPs/CIDRs whose X-Forwarded-For is believed
+
+
+@dataclass
+class DatabaseConfig:
+    url: str = field(default="", repr=False)  # a Tortoise URL; DATABASE_URL; wins over the fields below
+    driver: str = "sqlite"  # sqlite | postgres
+    path: str = "./data/aicm.db"  # sqlite only
+    host: str = "localhost"
+    port: int = 5432
+    name: str = "aicli_web"
+    user: str = ""
+    password: str = field(default="", repr=False)
+    ssl_mode: str = "prefer"  # disable | allow | prefer | require | verify-ca | verify-full
+    max_open_conns: int = 25
+    max_idle_conns: int = 5
+    conn_max_lifetime: float = 300.0
+    auto_migrate: bool | None = None  # None: on, except when app.env is production
+
+    @property
+    def dsn(self) -> str:
+        """The Tortoise URL: ``url`` if set, else built from the fields."""
+        if self.url:
+            return self.url
+        if self.driver == "sqlite":
+            return f"sqlite://{self.path}"  # an absolute path gives Tortoise's sqlite:///abs form
+        auth = quote(self.user, safe="")
+        if auth and self.password:
+            auth += ":" + quote(self.password, safe="")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgres://{auth + '@' if auth else ''}{host}:{self.port}/{quote(self.name, safe='')}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dsn.startswith("sqlite:")
+
+
+@dataclass
+class RedisConfig:
+    url: str = field(default="", repr=False)  # REDIS_URL; wins over addr/password/db
+    addr: str = ""  # host:port; empty (and no url) = in-process broker and stores
+    password: str = field(default="", repr=False)
+    db: int = 0
+    max_retries: int = 3
+    pool_size: int = 10
+    min_idle_conns: int = 2
+
+    @property
+    def dsn(self) -> str | None:
+        """``url`` if set, else ``redis://[:password@]addr/db``; None = in-process broker."""
+        if self.url:
+            return self.url
+        if not self.addr:
+            return None
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.addr}/{self.db}"
+
+    @property
+    def enabled(self) -> bool:
+        return self.dsn is not None
+
+
+@dataclass
+class JWTConfig:
+    # JWT_SECRET; empty outside production = a development secret kept under data_dir
+    secret: str = field(default="", repr=False)
+    access_token_duration: float = 900.0
+    refresh_token_duration: float = 86_400.0
+    issuer: str = "aicli-web"
+    audience: str = "aicli-web"
+    algorithm: str = "HS256"  # HS256 | RS256 | ES256
+    private_key_file: str = ""  # RS256/ES256
+    public_key_file: str = ""
+
+
+@dataclass
+class OAuthProviderConfig:
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    redirect_url: str = ""
+    server_metadata_url: str = ""  # OpenID discovery document (generic OIDC providers)
+    scopes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RateLimitConfig:
+    requests_per_second: float = 100.0
+    burst_size: int = 200
+    window_size: float = 60.0
+
+
+@dataclass
+class CORSConfig:
+    allowed_origins: list[str] = field(default_factory=list)
+    allowed_methods: list[str] = field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["Authorization", "Content-Type"])
+    max_age: int = 86_400
+    allow_credentials: bool = False
+
+
+@dataclass
+class SecurityConfig:
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    cors: CORSConfig = field(default_factory=CORSConfig)
+
+
+@dataclass
+class LogFileConfig:
+    enabled: bool = False
+    path: str = "./data/logs/app.log"
+    max_size: int = 100  # MB
+    max_backups: int = 10
+    max_age: int = 30  # days
+
+
+@dataclass
+class LoggingConfig:
+    level: str = "info"  # debug | info | warning | error (LOG_LEVEL)
+    format: str = "json"  # json | text
+    output: str = "stdout"  # stdout | stderr
+    file: LogFileConfig = field(default_factory=LogFileConfig)
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = True
+    path: str = "/metrics"
+
+
+@dataclass
+class HealthConfig:
+    enabled: bool = True
+    path: str = "/health"
+
+
+@dataclass
+class MonitoringConfig:
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+
+@dataclass
+class AuthConfig:
+    allow_registration: bool = True
+    max_failed_logins: int = 5
+    lockout_duration: float = 900.0
+    max_sessions_per_user: int = 10
+
+
+@dataclass
+class RunnerConfig:
+    command: list[str] = field(default_factory=lambda: list(DEFAULT_RUNNER_COMMAND))
+    workspace_root: str = "./data/workspaces"
+    max_concurrent: int = 4
+    timeout: float = 1800.0
+    embedded: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GraphQLConfig:
+    max_depth: int = 12
+    max_aliases: int = 30
+    max_tokens: int = 5000
+    introspection: bool | None = None  # None: on, except when app.env is production
+    graphiql: bool | None = None  # likewise
+    legacy_ws_protocol: bool = False
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass
+class Settings:
+    app: AppConfig = field(default_factory=AppConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    jwt: JWTConfig = field(default_factory=JWTConfig)
+    oauth: dict[str, OAuthProviderConfig] = field(default_factory=dict)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    graphql: GraphQLConfig = field(default_factory=GraphQLConfig)
+    config_path: Path | None = None  # the file it was loaded from, if any
+
+    @property
+    def is_production(self) -> bool:
+        return self.app.env == "production"
+
+    @property
+    def auto_migrate(self) -> bool:
+        return (
+            self.database.auto_migrate if self.database.auto_migrate is not None else not self.is_production
+        )
+
+    @property
+    def introspection_enabled(self) -> bool:
+        value = self.graphql.introspection
+        return value if value is not None else not self.is_production
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphql.graphiql if self.graphql.graphiql is not None else not self.is_production
+
+
+# --------------------------------------------------------------------------- loading
+
+# Float fields holding durations ("section.key"): they accept 30s, 15m, 24h, 500ms, 1h30m, 7d or seconds.
+DURATION_FIELDS = frozenset(
+    {
+        "server.read_timeout",
+        "server.write_timeout",
+        "server.idle_timeout",
+        "database.conn_max_lifetime",
+        "jwt.access_token_duration",
+        "jwt.refresh_token_duration",
+        "security.rate_limit.window_size",
+        "auth.lockout_duration",
+        "runner.timeout",
+    }
+)
+
+# Environment variables that win over the file (an empty value counts as unset).
+ENV_OVERRIDES = {
+    "DATABASE_URL": "database.url",
+    "REDIS_URL": "redis.url",
+    "JWT_SECRET": "jwt.secret",
+    "APP_ENV": "app.env",
+    "LOG_LEVEL": "logging.level",
+}
+
+_DB_SCHEMES = ("sqlite://", "postgres://", "postgresql://", "asyncpg://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(\[[0-9A-Fa-f:.]+\]|[^\s/:?#@\[\]]+)(:\d{1,5})?")
+
+
+class ConfigError(Exception):
+    """Every problem found in the configuration, one per line, each prefixed by its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+def resolve_config_path(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """``--config``, else ``$AICLI_CONFIG``, else ``config/config.yaml`` if present, else None."""
+    chosen = explicit or environ.get("AICLI_CONFIG")
+    if not chosen:
+        default = cwd / "config" / "config.yaml"
+        return default if default.is_file() else None
+    path = Path(chosen).expanduser()
+    if not path.is_absolute():
+        path = cwd / path
+    if not path.is_file():
+        raise ConfigError([f"config: file not found: {path}"])
+    return path
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Read, expand ``${VAR}``, apply env overrides, convert and validate; ConfigError lists every problem."""
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    problems: list[str] = []
+    env = {**_p.read_dotenv(cwd / ".env", problems), **(os.environ if environ is None else environ)}
+    config_path = None
+    try:
+        config_path = resolve_config_path(None if path is None else str(path), env, cwd)
+    except ConfigError as exc:
+        problems += exc.problems
+    raw = _p.read_yaml(config_path, problems) if config_path else {}
+
+    unset: list[str] = []
+    raw = _p.expand(raw, env, "", unset)
+    overridden = _p.apply_overrides(raw, env, ENV_OVERRIDES)
+    problems += [p for p in unset if _p.problem_path(p) not in overridden]
+
+    settings = _p.build(Settings, raw, problems, durations=DURATION_FIELDS, skip=frozenset({"config_path"}))
+    settings.config_path = config_path
+    reported = {_p.problem_path(p) for p in problems}
+    problems += [p for p in _validate(settings) if _p.problem_path(p) not in reported]
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _validate(s: Settings) -> list[str]:
+    """The rules no type hint can express. Normalizes logging.level in place."""
+    problems: list[str] = []
+
+    def one_of(path: str, value: str, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            problems.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+
+    def at_least(path: str, value: float, minimum: float) -> None:
+        if value < minimum:
+            problems.append(f"{path}: must be at least {minimum:g}, got {value:g}")
+
+    def positive(path: str, value: float) -> None:
+        if value <= 0:
+            problems.append(f"{path}: must be greater than 0, got {value:g}")
+
+    level = s.logging.level.strip().lower()
+    s.logging.level = "warning" if level == "warn" else level
+
+    one_of("app.env", s.app.env, ("development", "test", "production"))
+    if not 1 <= s.server.port <= 65535:
+        problems.append(f"server.port: must be between 1 and 65535, got {s.server.port}")
+    for key_path in sorted(DURATION_FIELDS):
+        *sections, key = key_path.split(".")
+        positive(key_path, getattr(functools.reduce(getattr, sections, s), key))
+    at_least("server.workers", s.server.workers, 1)
+    at_least("server.max_header_bytes", s.server.max_header_bytes, 1)
+    for i, proxy in enumerate(s.server.trusted_proxies):
+        if proxy != "*" and not _p.is_network(proxy):
+            problems.append(f"server.trusted_proxies[{i}]: expected an IP address or CIDR, got {proxy!r}")
+
+    db, redis = s.database, s.redis
+    one_of("database.driver", db.driver, ("sqlite", "postgres"))
+    one_of("database.ssl_mode", db.ssl_mode, _SSL_MODES)
+    if db.url and not db.url.startswith(_DB_SCHEMES):
+        problems.append(
+            f"database.url: must start with {', '.join(_DB_SCHEMES)}, got {_p.url_scheme(db.url)}"
+        )
+    at_least("database.port", db.port, 1)
+    at_least("database.max_open_conns", db.max_open_conns, 1)
+    at_least("database.max_idle_conns", db.max_idle_conns, 0)
+    if redis.url and not redis.url.startswith(_REDIS_SCHEMES):
+        problems.append(
+            f"redis.url: must start with {', '.join(_REDIS_SCHEMES)}, got {_p.url_scheme(redis.url)}"
+        )
+    at_least("redis.db", redis.db, 0)
+    at_least("redis.max_retries", redis.max_retries, 0)
+    at_least("redis.pool_size", redis.pool_size, 1)
+    at_least("redis.min_idle_conns", redis.min_idle_conns, 0)
+
+    one_of("jwt.algorithm", s.jwt.algorithm, ("HS256", "RS256", "ES256"))
+    if s.jwt.algorithm in ("RS256", "ES256"):
+        for key in ("private_key_file", "public_key_file"):
+            if not getattr(s.jwt, key):
+                problems.append(f"jwt.{key}: required when jwt.algorithm is {s.jwt.algorithm}")
+    for name, provider in s.oauth.items():
+        if not provider.client_id:
+            problems.append(f"oauth.{name}.client_id: must not be empty")
+        if name not in ("google", "github") and not provider.server_metadata_url:
+            problems.append(
+                f"oauth.{name}.server_metadata_url: required for providers other than google, github"
+            )
+
+    rate, cors = s.security.rate_limit, s.security.cors
+    positive("security.rate_limit.requests_per_second", rate.requests_per_second)
+    positive("security.rate_limit.burst_size", rate.burst_size)
+    at_least("security.cors.max_age", cors.max_age, 0)
+    for i, origin in enumerate(cors.allowed_origins):
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            problems.append(
+                f"security.cors.allowed_origins[{i}]: expected '*' or scheme://host[:port], got {origin!r}"
+            )
+    if "*" in cors.allowed_origins and cors.allow_credentials:
+        problems.append("security.cors.allow_credentials: cannot be true when allowed_origins contains '*'")
+
+    one_of("logging.level", s.logging.level, ("debug", "info", "warning", "error"))
+    one_of("logging.format", s.logging.format, ("json", "text"))
+    one_of("logging.output", s.logging.output, ("stdout", "stderr"))
+    for key in ("max_size", "max_backups", "max_age"):
+        at_least(f"logging.file.{key}", getattr(s.logging.file, key), 1)
+    for key in ("metrics", "health"):
+        if not getattr(s.monitoring, key).path.startswith("/"):
+            problems.append(f"monitoring.{key}.path: must start with '/'")
+
+    at_least("auth.max_failed_logins", s.auth.max_failed_logins, 1)
+    at_least("auth.max_sessions_per_user", s.auth.max_sessions_per_user, 1)
+    if not s.runner.command or not s.runner.command[0]:
+        problems.append("runner.command: must be a non-empty list of strings")
+    at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
+    for key in ("max_depth", "max_aliases", "max_tokens", "max_body_bytes"):
+        at_least(f"graphql.{key}", getattr(s.graphql, key), 1)
+
+    if s.is_production:
+        if s.jwt.algorithm == "HS256" and len(s.jwt.secret) < 32:
+            problems.append("jwt.secret: must be at least 32 characters in production")
+        host = _database_host(db)
+        if db.ssl_mode == "disable" and host is not None and not _p.is_loopback(host):
+            problems.append(
+                f"database.ssl_mode: 'disable' is not allowed in production (database host {host!r})"
+            )
+        if "*" in cors.allowed_origins:
+            problems.append("security.cors.allowed_origins: '*' is not allowed in production")
+    return problems
+
+
+def _database_host(db: DatabaseConfig) -> str | None:
+    """The PostgreSQL host connected to (from database.url when set); None for SQLite."""
+    if db.url:
+        if db.url.startswith("sqlite:"):
+            return None
+        try:
+            return urlsplit(db.url).hostname or ""
+        except ValueError:
+            return None
+    return db.host if db.driver == "postgres" else None

@@ -1,0 +1,48 @@
+"""Projects and their members."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class ProjectStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    ARCHIVED = "ARCHIVED"
+
+
+class Project(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100)
+    slug = fields.CharField(max_length=100, unique=True)
+    description = fields.TextField(default="")
+    repository_url = fields.CharField(max_length=500, default="")
+    status = fields.CharEnumField(ProjectStatus, max_length=16, default=ProjectStatus.ACTIVE, db_index=True)
+    # One of the members holding an owner role; kept pointing at a current owner.
+    owner = fields.ForeignKeyField(
+        "models.User", related_name="owned_projects", on_delete=fields.RESTRICT, db_index=True
+    )
+    created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "projects"
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class ProjectMember(Model):
+    id = fields.IntField(primary_key=True)
+    project = fields.ForeignKeyField("models.Project", related_name="members", on_delete=fields.CASCADE)
+    user = fields.ForeignKeyField(
+        "models.User", related_name="memberships", on_delete=fields.CASCADE, db_index=True
+    )
+    role = fields.ForeignKeyField("models.Role", related_name="memberships", on_delete=fields.RESTRICT)
+    added_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "project_members"
+        unique_together = (("project", "user"),)

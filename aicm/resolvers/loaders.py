@@ -1,0 +1,54 @@
+"""DataLoaders, one set per request: every relation a list touches is loaded in one query per level."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Any, TypeVar
+
+from strawberry.dataloader import DataLoader
+
+from aicm import models
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def _by_key(keys: list[K], rows: Iterable[V], key: Callable[[V], K]) -> list[V | None]:
+    index = {key(row): row for row in rows}
+    return [index.get(k) for k in keys]
+
+
+def _grouped(keys: list[K], rows: Iterable[V], key: Callable[[V], K]) -> list[list[V]]:
+    groups: dict[K, list[V]] = {k: [] for k in keys}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return [groups[k] for k in keys]
+
+
+def _loader(fn: Callable[[list[Any]], Awaitable[list[Any]]]) -> DataLoader[Any, Any]:
+    return DataLoader(load_fn=fn)
+
+
+class Loaders:
+    """Built fresh for every request (never shared across requests, so nothing stale leaks)."""
+
+    def __init__(self) -> None:
+        self.user_by_id = _loader(self._users)
+        self.role_by_id = _loader(self._roles)
+        self.system_roles_by_user_id = _loader(self._system_roles)
+
+    @staticmethod
+    async def _users(ids: list[int]) -> list[models.User | None]:
+        return _by_key(ids, await models.User.filter(id__in=ids), lambda u: u.id)
+
+    @staticmethod
+    async def _roles(ids: list[int]) -> list[models.Role | None]:
+        return _by_key(ids, await models.Role.filter(id__in=ids), lambda r: r.id)
+
+    @staticmethod
+    async def _system_roles(user_ids: list[int]) -> list[list[models.Role]]:
+        links = (
+            await models.UserRole.filter(user_id__in=user_ids).prefetch_related("role").order_by("role_id")
+        )
+        grouped = _grouped(user_ids, links, lambda link: link.user_id)
+        return [[link.role for link in group] for group in grouped]

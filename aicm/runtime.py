@@ -1,0 +1,36 @@
+"""The process-wide services an app instance runs with, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from aicm.auth.tokens import TokenService
+from aicm.config import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    tokens: TokenService
+    redis: Redis | None = None  # None = the embedded default (in-process broker and stores)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def broker_mode(self) -> str:
+        return "redis" if self.redis is not None else "embedded"
+
+
+def make_redis(settings: Settings) -> Redis | None:
+    dsn = settings.redis.dsn
+    if not dsn:
+        return None
+    return Redis.from_url(
+        dsn,
+        max_connections=settings.redis.pool_size,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        decode_responses=False,
+    )

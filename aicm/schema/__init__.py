@@ -1,0 +1,21 @@
+"""Schema assembly: each domain contributes its root fields; extensions are listed once, here."""
+
+from __future__ import annotations
+
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.tools import merge_types
+
+from aicm.config import Settings
+from aicm.schema.errors import Schema
+from aicm.schema.users import UserQueries
+
+Query = merge_types("Query", (UserQueries,))
+
+
+def build_schema(settings: Settings) -> Schema:
+    extensions = [
+        # Factories, not instances: Strawberry builds them per execution, the caches live in the class.
+        lambda: ParserCache(maxsize=1024),
+        lambda: ValidationCache(maxsize=1024),
+    ]
+    return Schema(query=Query, extensions=extensions)

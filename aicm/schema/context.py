@@ -1,0 +1,46 @@
+"""The per-request GraphQL context: who is calling, the request's DataLoaders, and the runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.types import Info as StrawberryInfo
+
+from aicm.auth.tokens import bearer_token
+from aicm.auth.viewer import Viewer, load_viewer
+from aicm.resolvers.loaders import Loaders
+from aicm.runtime import Runtime
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    runtime: Runtime
+    viewer: Viewer
+    loaders: Loaders = field(default_factory=Loaders)
+
+    @property
+    def request_id(self) -> str | None:
+        return getattr(self.request.state, "request_id", None)
+
+
+Info = StrawberryInfo[Context, None]
+
+
+def client_ip(request: Request | WebSocket) -> str | None:
+    return getattr(request.state, "client_ip", None) or (request.client.host if request.client else None)
+
+
+async def viewer_from_authorization(
+    runtime: Runtime, authorization: str | None, request: Request | WebSocket
+) -> Viewer:
+    ip, user_agent = client_ip(request), request.headers.get("user-agent")
+    token = bearer_token(authorization)
+    if token is None:
+        return Viewer(ip=ip, user_agent=user_agent)
+    claims = runtime.tokens.decode_access(token)
+    return await load_viewer(claims.user_id, claims.session_id, ip, user_agent)

@@ -1,0 +1,119 @@
+"""Shared fixtures.
+
+``backend`` runs every app-level test twice: on the embedded default (SQLite + in-process broker) and on real
+PostgreSQL + Redis (``AICM_TEST_DATABASE_URL`` / ``AICM_TEST_REDIS_URL``). Without those variables the
+services half skips, unless ``AICM_REQUIRE_SERVICES=1`` turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from tortoise import connections
+from tortoise.backends.base.executor import EXECUTOR_CACHE
+
+from aicm.app import build_app
+from aicm.config import Settings, load_settings
+from aicm.db import apply_migrations
+
+EMBEDDED, SERVICES = "embedded", "services"
+REQUIRE_SERVICES = os.environ.get("AICM_REQUIRE_SERVICES") == "1"
+TEST_DATABASE_URL = os.environ.get("AICM_TEST_DATABASE_URL", "")
+TEST_REDIS_URL = os.environ.get("AICM_TEST_REDIS_URL", "")
+
+# Child tables first: cleaning between tests must respect foreign keys.
+TABLES = ["audit_log", "project_members", "projects", "user_roles", "users"]
+
+
+def require_services() -> tuple[str, str]:
+    """The PostgreSQL and Redis URLs, or a skip (a failure under AICM_REQUIRE_SERVICES=1)."""
+    if TEST_DATABASE_URL and TEST_REDIS_URL:
+        return TEST_DATABASE_URL, TEST_REDIS_URL
+    message = "AICM_TEST_DATABASE_URL and AICM_TEST_REDIS_URL are not set"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (AICM_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
+    environ = {"APP_ENV": "test", **env}
+    if backend == SERVICES:
+        database_url, redis_url = require_services()
+        environ |= {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    else:
+        environ["DATABASE_URL"] = f"sqlite://{tmp / 'aicm.db'}"
+    settings = load_settings(None, environ=environ, cwd=tmp)
+    settings.app.data_dir = str(tmp / "data")
+    settings.runner.workspace_root = str(tmp / "workspaces")
+    return settings
+
+
+@dataclass
+class Backend:
+    name: str
+    settings: Settings
+
+    @property
+    def uses_services(self) -> bool:
+        return self.name == SERVICES
+
+
+@pytest.fixture(scope="session", params=[EMBEDDED, SERVICES])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    yield Backend(request.param, make_settings(tmp, request.param))
+
+
+@pytest.fixture(scope="session")
+async def app(backend: Backend) -> AsyncIterator[Starlette]:
+    # Tortoise caches compiled SQL per connection name, and both backends use "default" in this process.
+    EXECUTOR_CACHE.clear()
+    if backend.uses_services:
+        await _reset_services(backend.settings)
+    await apply_migrations(backend.settings)
+    application = build_app(backend.settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def _reset_services(settings: Settings) -> None:
+    """Drop everything in the test database and Redis db so each run starts from nothing."""
+    import asyncpg
+    from redis.asyncio import Redis
+
+    conn = await asyncpg.connect(settings.database.dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await conn.close()
+    redis = Redis.from_url(settings.redis.dsn)
+    await redis.flushdb()
+    await redis.aclose()
+
+
+@pytest.fixture
+async def db(app: Starlette, backend: Backend) -> AsyncIterator[None]:
+    """A clean database (built-in roles kept) and a clean Redis db for one test."""
+    yield
+    conn = connections.get("default")
+    for table in TABLES:
+        await conn.execute_query(f'DELETE FROM "{table}"')
+    await conn.execute_query(
+        'DELETE FROM "roles" WHERE built_in = ' + ("FALSE" if backend.uses_services else "0")
+    )
+    runtime = app.state.runtime
+    if runtime.redis is not None:
+        await runtime.redis.flushdb()
+
+
+@pytest.fixture
+async def client(app: Starlette, db: None) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
