@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check aicm tests
-	$(BIN)/ruff format --check aicm tests
+	$(BIN)/ruff check aicm tests scripts
+	$(BIN)/ruff format --check aicm tests scripts
 
 migrate: $(STAMP)
 	$(BIN)/aicli-api migrate

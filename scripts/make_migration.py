@@ -91,7 +91,8 @@ def seed_sql(dialect: str) -> str:
         desc = role.description.replace("'", "''")
         rows.append(f"('{role.name}', '{desc}', '{role.scope}', '{perms}', {true}, CURRENT_TIMESTAMP)")
     return (
-        'INSERT INTO "roles" ("name", "description", "scope", "permissions", "built_in", "created_at") VALUES\n'
+        'INSERT INTO "roles" ("name", "description", "scope", "permissions", "built_in", "created_at")\n'
+        + "VALUES\n"
         + ",\n".join(rows)
         + ";"
     )
@@ -119,7 +120,11 @@ async def generate(dialect: str, url: str, name: str, workdir: Path) -> tuple[st
         if not new:
             raise SystemExit("no changes: models match the last migration")
         module = _load(location / "models" / new)
-        return (await module.upgrade(None)).strip(), (await module.downgrade(None)).strip(), module.MODELS_STATE
+        return (
+            (await module.upgrade(None)).strip(),
+            (await module.downgrade(None)).strip(),
+            module.MODELS_STATE,
+        )
     finally:
         await Tortoise.close_connections()
 
@@ -137,11 +142,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--one", nargs=4, metavar=("DIALECT", "URL", "WORKDIR", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", nargs=4, metavar=("DIALECT", "URL", "WORKDIR", "OUT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.one:
         dialect, url, workdir, out = args.one
-        Path(out).write_text(json.dumps(await generate(dialect, url, args.name, Path(workdir))))
+        result = await generate(dialect, url, args.name, Path(workdir))
+        Path(out).write_text(json.dumps(result))  # noqa: ASYNC240 - a one-shot script
         return
 
     import asyncpg
