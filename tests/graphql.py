@@ -26,6 +26,11 @@ def error_codes(result: dict[str, Any]) -> list[str]:
     return [e.get("extensions", {}).get("code") for e in result.get("errors") or []]
 
 
+def assert_ok(result: dict[str, Any]) -> dict[str, Any]:
+    assert not result.get("errors"), result
+    return result["data"]
+
+
 def assert_error(result: dict[str, Any], code: str, field: str | None = None) -> dict[str, Any]:
     errors = result.get("errors") or []
     assert errors, f"expected {code}, got no errors: {result}"

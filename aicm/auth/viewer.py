@@ -1,8 +1,14 @@
-"""Who is calling: the signed-in user (or nobody) with their system permissions."""
+"""Who is calling: the signed-in user (or nobody), their system permissions, and per-request lookups.
+
+A Viewer lives for one request (or is refreshed by a subscription when it re-checks access), so it may cache
+the viewer's project memberships and the role catalogue for that request.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from strawberry.dataloader import DataLoader
 
 from aicm import models
 from aicm.errors import Unauthenticated
@@ -15,6 +21,8 @@ class Viewer:
     permissions: frozenset[str] = field(default_factory=frozenset)  # from system roles
     ip: str | None = None
     user_agent: str | None = None
+    _memberships: DataLoader[int, models.ProjectMember | None] | None = field(default=None, repr=False)
+    _roles: dict[int, models.Role] | None = field(default=None, repr=False)
 
     @property
     def is_authenticated(self) -> bool:
@@ -28,6 +36,32 @@ class Viewer:
         if self.user is None:
             raise Unauthenticated()
         return self.user
+
+    async def membership(self, project_id: int) -> models.ProjectMember | None:
+        """The viewer's membership of a project; lookups in one tick are batched into one query."""
+        if self.user is None:
+            return None
+        if self._memberships is None:
+            user_id = self.user.id
+
+            async def load(project_ids: list[int]) -> list[models.ProjectMember | None]:
+                rows = await models.ProjectMember.filter(user_id=user_id, project_id__in=project_ids)
+                by_project = {row.project_id: row for row in rows}
+                return [by_project.get(pid) for pid in project_ids]
+
+            self._memberships = DataLoader(load_fn=load)
+        return await self._memberships.load(project_id)
+
+    async def roles(self) -> dict[int, models.Role]:
+        """Every role by id (a small table), read once per request."""
+        if self._roles is None:
+            self._roles = {role.id: role for role in await models.Role.all()}
+        return self._roles
+
+    def forget(self) -> None:
+        """Drop cached lookups, e.g. after a mutation changed memberships or before a re-check."""
+        self._memberships = None
+        self._roles = None
 
 
 async def system_permissions(user_id: int) -> frozenset[str]:

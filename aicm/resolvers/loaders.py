@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
@@ -36,6 +37,12 @@ class Loaders:
         self.user_by_id = _loader(self._users)
         self.role_by_id = _loader(self._roles)
         self.system_roles_by_user_id = _loader(self._system_roles)
+        self.members_by_project_id = _loader(self._members)
+
+    def forget_roles_of(self, user_id: int) -> None:
+        """After a role change in this request, the next read must see it."""
+        with contextlib.suppress(KeyError):
+            self.system_roles_by_user_id.clear(user_id)
 
     @staticmethod
     async def _users(ids: list[int]) -> list[models.User | None]:
@@ -52,3 +59,8 @@ class Loaders:
         )
         grouped = _grouped(user_ids, links, lambda link: link.user_id)
         return [[link.role for link in group] for group in grouped]
+
+    @staticmethod
+    async def _members(project_ids: list[int]) -> list[list[models.ProjectMember]]:
+        rows = await models.ProjectMember.filter(project_id__in=project_ids).order_by("added_at", "id")
+        return _grouped(project_ids, rows, lambda m: m.project_id)

@@ -6,16 +6,20 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.tools import merge_types
 
 from aicm.config import Settings
+from aicm.schema.audit import AuditQueries
 from aicm.schema.errors import Schema
-from aicm.schema.users import UserQueries
+from aicm.schema.projects import ProjectMutations, ProjectQueries
+from aicm.schema.roles import RoleMutations, RoleQueries
+from aicm.schema.users import UserMutations, UserQueries
 
-Query = merge_types("Query", (UserQueries,))
+Query = merge_types("Query", (UserQueries, ProjectQueries, RoleQueries, AuditQueries))
+Mutation = merge_types("Mutation", (UserMutations, ProjectMutations, RoleMutations))
 
 
 def build_schema(settings: Settings) -> Schema:
     extensions = [
-        # Factories, not instances: Strawberry builds them per execution, the caches live in the class.
+        # Factories, not instances: Strawberry builds them per execution; the caches live at module level.
         lambda: ParserCache(maxsize=1024),
         lambda: ValidationCache(maxsize=1024),
     ]
-    return Schema(query=Query, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, extensions=extensions)

@@ -6,8 +6,11 @@ from enum import Enum
 
 import strawberry
 
-from aicm import models
-from aicm.schema.relay import encode_id
+from aicm import models, resolvers
+from aicm.auth.permissions import Permission
+from aicm.schema.context import Info
+from aicm.schema.permissions import IsAuthenticated, has_permission
+from aicm.schema.relay import decode_id, encode_id
 
 
 @strawberry.enum
@@ -35,3 +38,61 @@ class Role:
             permissions=sorted(role.permissions or []),
             built_in=role.built_in,
         )
+
+
+@strawberry.input
+class CreateRoleInput:
+    name: str
+    scope: RoleScope
+    permissions: list[str]
+    description: str = ""
+
+
+@strawberry.input
+class UpdateRoleInput:
+    name: str | None = None
+    description: str | None = None
+    permissions: list[str] | None = None
+
+
+@strawberry.type
+class RoleQueries:
+    @strawberry.field(permission_classes=[IsAuthenticated])
+    async def roles(self, info: Info, scope: RoleScope | None = None) -> list[Role]:
+        rows = await resolvers.roles.list_roles(
+            info.context.viewer, scope=models.RoleScope(scope.value) if scope else None
+        )
+        return [Role.from_model(r) for r in rows]
+
+    @strawberry.field(permission_classes=[IsAuthenticated], description="Every permission string.")
+    def permissions(self, info: Info) -> list[str]:
+        return resolvers.roles.list_permissions(info.context.viewer)
+
+
+@strawberry.type
+class RoleMutations:
+    @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
+    async def create_role(self, info: Info, input: CreateRoleInput) -> Role:
+        role = await resolvers.roles.create_role(
+            info.context.viewer,
+            name=input.name,
+            description=input.description,
+            scope=models.RoleScope(input.scope.value),
+            permissions=input.permissions,
+        )
+        return Role.from_model(role)
+
+    @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
+    async def update_role(self, info: Info, id: strawberry.ID, input: UpdateRoleInput) -> Role:
+        role = await resolvers.roles.update_role(
+            info.context.viewer,
+            decode_id(id, "Role"),
+            name=input.name,
+            description=input.description,
+            permissions=input.permissions,
+        )
+        return Role.from_model(role)
+
+    @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
+    async def delete_role(self, info: Info, id: strawberry.ID) -> bool:
+        return await resolvers.roles.delete_role(info.context.viewer, decode_id(id, "Role"))

@@ -6,9 +6,11 @@ from datetime import datetime
 
 import strawberry
 
-from aicm import models
+from aicm import models, resolvers
+from aicm.auth.permissions import Permission
 from aicm.schema.context import Info
-from aicm.schema.relay import encode_id
+from aicm.schema.permissions import IsAuthenticated, has_permission
+from aicm.schema.relay import Connection, connection, decode_id, encode_id
 from aicm.schema.roles import Role
 
 
@@ -39,9 +41,90 @@ class User:
         return [Role.from_model(r) for r in await info.context.loaders.system_roles_by_user_id.load(self.pk)]
 
 
+@strawberry.input
+class CreateUserInput:
+    email: str
+    name: str
+    password: str
+    role_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class UpdateMeInput:
+    name: str | None = None
+
+
+@strawberry.input
+class UpdateUserInput:
+    name: str | None = None
+    email: str | None = None
+
+
 @strawberry.type
 class UserQueries:
     @strawberry.field(description="The signed-in user, or null when anonymous.")
     def me(self, info: Info) -> User | None:
         user = info.context.viewer.user
         return User.from_model(user) if user else None
+
+    @strawberry.field(
+        permission_classes=[IsAuthenticated], description="A user: yourself, or any with user:read."
+    )
+    async def user(self, info: Info, id: strawberry.ID) -> User:
+        return User.from_model(await resolvers.users.get_user(info.context.viewer, decode_id(id, "User")))
+
+    @strawberry.field(permission_classes=[has_permission(Permission.USER_READ)])
+    async def users(
+        self, info: Info, first: int | None = 20, after: str | None = None, search: str | None = None
+    ) -> Connection[User]:
+        page = await resolvers.users.list_users(info.context.viewer, first=first, after=after, search=search)
+        return connection(page, User.from_model)
+
+
+@strawberry.type
+class UserMutations:
+    @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
+    async def create_user(self, info: Info, input: CreateUserInput) -> User:
+        user = await resolvers.users.create_user(
+            info.context.viewer,
+            email=input.email,
+            name=input.name,
+            password=input.password,
+            role_ids=[decode_id(r, "Role", field="roleIds") for r in input.role_ids],
+        )
+        return User.from_model(user)
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def update_me(self, info: Info, input: UpdateMeInput) -> User:
+        return User.from_model(await resolvers.users.update_me(info.context.viewer, name=input.name))
+
+    @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
+    async def update_user(self, info: Info, id: strawberry.ID, input: UpdateUserInput) -> User:
+        user = await resolvers.users.update_user(
+            info.context.viewer, decode_id(id, "User"), name=input.name, email=input.email
+        )
+        return User.from_model(user)
+
+    @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
+    async def deactivate_user(self, info: Info, id: strawberry.ID) -> User:
+        return User.from_model(
+            await resolvers.users.deactivate_user(info.context.viewer, decode_id(id, "User"))
+        )
+
+    @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
+    async def assign_role(self, info: Info, user_id: strawberry.ID, role_id: strawberry.ID) -> User:
+        user = await resolvers.users.assign_role(
+            info.context.viewer,
+            decode_id(user_id, "User", field="userId"),
+            decode_id(role_id, "Role", field="roleId"),
+        )
+        info.context.loaders.forget_roles_of(user.id)
+        return User.from_model(user)
+
+    @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
+    async def revoke_role(self, info: Info, user_id: strawberry.ID, role_id: strawberry.ID) -> bool:
+        return await resolvers.users.revoke_role(
+            info.context.viewer,
+            decode_id(user_id, "User", field="userId"),
+            decode_id(role_id, "Role", field="roleId"),
+        )

@@ -1,0 +1,107 @@
+"""The one authorization service: may this viewer do X (to project Y), and which rows may they see.
+
+Queries, mutations, DataLoaders and subscriptions all ask here; no other module compares roles or permissions.
+A permission holds when a system role of the viewer grants it (for every project), or when the viewer's role
+in the project grants it. What the viewer may not see answers NOT_FOUND, like what does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tortoise.expressions import Subquery
+from tortoise.queryset import QuerySet
+
+from aicm import models
+from aicm.auth.permissions import Permission
+from aicm.auth.viewer import Viewer
+from aicm.errors import Forbidden, NotFound, Unauthenticated
+
+log = logging.getLogger("aicm.security")
+
+
+def has_system(viewer: Viewer, permission: str) -> bool:
+    return viewer.is_authenticated and permission in viewer.permissions
+
+
+async def project_role(viewer: Viewer, project_id: int) -> models.Role | None:
+    membership = await viewer.membership(project_id)
+    if membership is None:
+        return None
+    return (await viewer.roles()).get(membership.role_id)
+
+
+async def can(viewer: Viewer, permission: str, project: models.Project | None = None) -> bool:
+    if not viewer.is_authenticated:
+        return False
+    if permission in viewer.permissions:
+        return True
+    if project is None:
+        return False
+    role = await project_role(viewer, project.id)
+    return role is not None and permission in (role.permissions or [])
+
+
+def deny(viewer: Viewer, permission: str, target: str | None = None) -> Forbidden:
+    log.warning(
+        "permission denied",
+        extra={
+            "event": "permission_denied",
+            "user_id": viewer.user_id,
+            "permission": permission,
+            "target": target,
+            "ip": viewer.ip,
+        },
+    )
+    return Forbidden(f"Missing permission {permission}")
+
+
+def require_signed_in(viewer: Viewer) -> models.User:
+    if viewer.user is None:
+        raise Unauthenticated()
+    return viewer.user
+
+
+def require_system(viewer: Viewer, permission: str) -> None:
+    require_signed_in(viewer)
+    if not has_system(viewer, permission):
+        raise deny(viewer, permission)
+
+
+async def require(viewer: Viewer, permission: str, project: models.Project) -> None:
+    require_signed_in(viewer)
+    if not await can(viewer, permission, project):
+        raise deny(viewer, permission, f"Project:{project.id}")
+
+
+async def _readable_role_ids(viewer: Viewer) -> list[int]:
+    return [
+        role.id
+        for role in (await viewer.roles()).values()
+        if role.scope == models.RoleScope.PROJECT and Permission.PROJECT_READ in (role.permissions or [])
+    ]
+
+
+async def visible_projects(viewer: Viewer) -> QuerySet[models.Project]:
+    """The projects the viewer may read, as a query (filtered in SQL, never after fetching)."""
+    if not viewer.is_authenticated:
+        return models.Project.filter(id__in=[])
+    if has_system(viewer, Permission.PROJECT_READ):
+        return models.Project.all()
+    memberships = models.ProjectMember.filter(
+        user_id=viewer.user_id, role_id__in=await _readable_role_ids(viewer)
+    )
+    return models.Project.filter(id__in=Subquery(memberships.values("project_id")))
+
+
+async def get_visible_project(viewer: Viewer, project_id: int) -> models.Project:
+    require_signed_in(viewer)
+    project = await models.Project.get_or_none(id=project_id)
+    if project is None or not await can(viewer, Permission.PROJECT_READ, project):
+        raise NotFound("Project not found")
+    return project
+
+
+async def can_see_user(viewer: Viewer, user_id: int) -> bool:
+    """Users are readable by themselves and by holders of ``user:read``."""
+    return viewer.user_id == user_id or has_system(viewer, Permission.USER_READ)

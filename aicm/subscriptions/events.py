@@ -1,0 +1,37 @@
+"""Event payloads published on project channels (``ProjectEvent`` in CONTRACT §3).
+
+Payloads carry ids, not objects: a subscriber resolves them under its own viewer, so nothing it may not see
+leaks through an event.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aicm import models
+from aicm.auth.viewer import Viewer
+
+PROJECT_UPDATED = "PROJECT_UPDATED"
+PROJECT_ARCHIVED = "PROJECT_ARCHIVED"
+PROJECT_DELETED = "PROJECT_DELETED"
+MEMBER_ADDED = "MEMBER_ADDED"
+MEMBER_UPDATED = "MEMBER_UPDATED"
+MEMBER_REMOVED = "MEMBER_REMOVED"
+TASK_CREATED = "TASK_CREATED"
+TASK_UPDATED = "TASK_UPDATED"
+
+# Events after which a subscriber's access to the project must be checked again.
+ACCESS_CHANGING = frozenset({PROJECT_DELETED, MEMBER_UPDATED, MEMBER_REMOVED})
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def project_event(kind: str, project: models.Project, viewer: Viewer, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "project_id": project.id, "actor_id": viewer.user_id, "at": _now(), **extra}
+
+
+def member_event(kind: str, project: models.Project, user_id: int, viewer: Viewer) -> dict[str, Any]:
+    return project_event(kind, project, viewer, member_user_id=user_id)
