@@ -6,6 +6,7 @@ the viewer's project memberships and the role catalogue for that request.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from strawberry.dataloader import DataLoader
@@ -22,7 +23,7 @@ class Viewer:
     ip: str | None = None
     user_agent: str | None = None
     _memberships: DataLoader[int, models.ProjectMember | None] | None = field(default=None, repr=False)
-    _roles: dict[int, models.Role] | None = field(default=None, repr=False)
+    _roles: asyncio.Task[dict[int, models.Role]] | None = field(default=None, repr=False)
 
     @property
     def is_authenticated(self) -> bool:
@@ -53,15 +54,19 @@ class Viewer:
         return await self._memberships.load(project_id)
 
     async def roles(self) -> dict[int, models.Role]:
-        """Every role by id (a small table), read once per request."""
+        """Every role by id (a small table), read once per request even when asked concurrently."""
         if self._roles is None:
-            self._roles = {role.id: role for role in await models.Role.all()}
-        return self._roles
+            self._roles = asyncio.ensure_future(_all_roles())
+        return await asyncio.shield(self._roles)
 
     def forget(self) -> None:
         """Drop cached lookups, e.g. after a mutation changed memberships or before a re-check."""
         self._memberships = None
         self._roles = None
+
+
+async def _all_roles() -> dict[int, models.Role]:
+    return {role.id: role for role in await models.Role.all()}
 
 
 async def system_permissions(user_id: int) -> frozenset[str]:
