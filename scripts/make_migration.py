@@ -116,6 +116,7 @@ async def generate(dialect: str, url: str, name: str, workdir: Path) -> tuple[st
             return up, down, module.MODELS_STATE
         await command.init()
         await command.upgrade(run_in_transaction=True)
+        await command.init()  # again: aerich reads the last applied state when it initialises
         new = await command.migrate(name, no_input=True)
         if not new:
             raise SystemExit("no changes: models match the last migration")

@@ -28,7 +28,16 @@ TEST_DATABASE_URL = os.environ.get("AICM_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("AICM_TEST_REDIS_URL", "")
 
 # Child tables first: cleaning between tests must respect foreign keys.
-TABLES = ["audit_log", "project_members", "projects", "user_roles", "users"]
+TABLES = [
+    "task_logs",
+    "tasks",
+    "oauth_accounts",
+    "audit_log",
+    "project_members",
+    "projects",
+    "user_roles",
+    "users",
+]
 
 
 def require_services() -> tuple[str, str]:
