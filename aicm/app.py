@@ -10,27 +10,53 @@ from starlette.routing import Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
 from aicm.auth.keys import load_keys
+from aicm.auth.lockout import make_login_throttle
+from aicm.auth.sessions import make_session_store
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings, load_settings
 from aicm.db import tortoise_config
 from aicm.http import health
 from aicm.http.graphql import GraphQLApp
+from aicm.resolvers.auth import AuthServices
+from aicm.resolvers.unit_of_work import set_publisher
+from aicm.runner.dispatch import LocalDispatcher
+from aicm.runner.executor import TaskExecutor
 from aicm.runtime import Runtime, make_redis
+from aicm.subscriptions.broker import make_broker
 
 
 def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = make_redis(settings)
-        app.state.runtime = Runtime(
-            settings=settings, tokens=TokenService(load_keys(settings), settings.jwt), redis=redis
-        )
-        try:
-            async with RegisterTortoise(app, config=tortoise_config(settings)):
-                yield
-        finally:
+        async with contextlib.AsyncExitStack() as stack:
+            redis = make_redis(settings)
             if redis is not None:
-                await redis.aclose()
+                stack.push_async_callback(redis.aclose)
+            await stack.enter_async_context(RegisterTortoise(app, config=tortoise_config(settings)))
+            broker = make_broker(settings, client=redis)
+            await broker.start()
+            stack.push_async_callback(broker.close)
+            set_publisher(broker.publish)
+            stack.callback(set_publisher, None)
+            executor = TaskExecutor(settings, broker)
+            await executor.recover(single_process=redis is None)
+            await executor.start()
+            stack.push_async_callback(executor.close)
+            auth = AuthServices(
+                tokens=TokenService(load_keys(settings), settings.jwt),
+                sessions=make_session_store(settings, redis),
+                throttle=make_login_throttle(settings, redis),
+                allow_registration=settings.auth.allow_registration,
+            )
+            app.state.runtime = Runtime(
+                settings=settings,
+                auth=auth,
+                broker=broker,
+                dispatcher=LocalDispatcher(executor),
+                redis=redis,
+                executor=executor,
+            )
+            yield
 
     routes = []
     if settings.monitoring.health.enabled:

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings
+from aicm.subscriptions.broker import Broker
+
+if TYPE_CHECKING:
+    from aicm.resolvers.auth import AuthServices
+    from aicm.runner.dispatch import TaskDispatcher
+    from aicm.runner.executor import TaskExecutor
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    tokens: TokenService
+    auth: AuthServices
+    broker: Broker
+    dispatcher: TaskDispatcher
     redis: Redis | None = None  # None = the embedded default (in-process broker and stores)
+    executor: TaskExecutor | None = None  # None when tasks run in separate workers
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def tokens(self) -> TokenService:
+        return self.auth.tokens
 
     @property
     def broker_mode(self) -> str:

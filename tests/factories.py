@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import uuid
 
 from starlette.applications import Starlette
 
@@ -53,6 +52,8 @@ async def make_role(name: str, scope: str, permissions: list[str]) -> models.Rol
     return await models.Role.create(name=name, scope=scope, permissions=permissions, description="custom")
 
 
-def token_for(app: Starlette, user: models.User) -> str:
-    """A real access token signed with the app's keys."""
-    return app.state.runtime.tokens.issue_access(user.id, uuid.uuid4().hex)
+async def token_for(app: Starlette, user: models.User) -> str:
+    """A real access token of a real session, signed with the app's keys."""
+    runtime = app.state.runtime
+    session, _ = await runtime.auth.sessions.create(user.id, "127.0.0.1", "tests")
+    return runtime.tokens.issue_access(user.id, session.id)

@@ -74,14 +74,6 @@ async def require(viewer: Viewer, permission: str, project: models.Project) -> N
         raise deny(viewer, permission, f"Project:{project.id}")
 
 
-async def _readable_role_ids(viewer: Viewer) -> list[int]:
-    return [
-        role.id
-        for role in (await viewer.roles()).values()
-        if role.scope == models.RoleScope.PROJECT and Permission.PROJECT_READ in (role.permissions or [])
-    ]
-
-
 async def visible_projects(viewer: Viewer) -> QuerySet[models.Project]:
     """The projects the viewer may read, as a query (filtered in SQL, never after fetching)."""
     if not viewer.is_authenticated:
@@ -89,7 +81,7 @@ async def visible_projects(viewer: Viewer) -> QuerySet[models.Project]:
     if has_system(viewer, Permission.PROJECT_READ):
         return models.Project.all()
     memberships = models.ProjectMember.filter(
-        user_id=viewer.user_id, role_id__in=await _readable_role_ids(viewer)
+        user_id=viewer.user_id, role_id__in=await _role_ids_with(viewer, Permission.PROJECT_READ)
     )
     return models.Project.filter(id__in=Subquery(memberships.values("project_id")))
 
@@ -105,3 +97,44 @@ async def get_visible_project(viewer: Viewer, project_id: int) -> models.Project
 async def can_see_user(viewer: Viewer, user_id: int) -> bool:
     """Users are readable by themselves and by holders of ``user:read``."""
     return viewer.user_id == user_id or has_system(viewer, Permission.USER_READ)
+
+
+async def _role_ids_with(viewer: Viewer, permission: str) -> list[int]:
+    return [
+        role.id
+        for role in (await viewer.roles()).values()
+        if role.scope == models.RoleScope.PROJECT and permission in (role.permissions or [])
+    ]
+
+
+async def visible_tasks(viewer: Viewer) -> QuerySet[models.Task]:
+    """The tasks whose project lets the viewer read tasks (filtered in SQL)."""
+    if not viewer.is_authenticated:
+        return models.Task.filter(id__in=[])
+    if has_system(viewer, Permission.TASK_READ):
+        return models.Task.all()
+    memberships = models.ProjectMember.filter(
+        user_id=viewer.user_id, role_id__in=await _role_ids_with(viewer, Permission.TASK_READ)
+    )
+    return models.Task.filter(project_id__in=Subquery(memberships.values("project_id")))
+
+
+async def get_visible_task(viewer: Viewer, task_id: int) -> models.Task:
+    require_signed_in(viewer)
+    task = await models.Task.get_or_none(id=task_id).prefetch_related("project")
+    if task is None or not await can(viewer, Permission.TASK_READ, task.project):
+        raise NotFound("Task not found")
+    return task
+
+
+async def require_cancel(viewer: Viewer, task: models.Task) -> None:
+    """Any task with ``task:cancel_any``; one's own with ``task:cancel_own``."""
+    require_signed_in(viewer)
+    if await can(viewer, Permission.TASK_CANCEL_ANY, task.project):
+        return
+    own = task.created_by_id == viewer.user_id  # type: ignore[attr-defined]
+    if own and await can(viewer, Permission.TASK_CANCEL_OWN, task.project):
+        return
+    raise deny(
+        viewer, Permission.TASK_CANCEL_ANY if not own else Permission.TASK_CANCEL_OWN, f"Task:{task.id}"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from aicm.auth.password_policy import is_common
 from aicm.errors import BadUserInput
 
 MIN_LENGTH = 10
@@ -35,5 +36,9 @@ def check_policy(password: str, *, email: str, field: str = "password") -> None:
         raise BadUserInput(f"Password must be at least {MIN_LENGTH} characters", field=field)
     if len(password) > MAX_LENGTH:
         raise BadUserInput(f"Password must be at most {MAX_LENGTH} characters", field=field)
+    if "\x00" in password:
+        raise BadUserInput("Password must not contain NUL characters", field=field)
     if password.strip().lower() in {email.lower(), email.split("@")[0].lower()}:
         raise BadUserInput("Password must not be your email address", field=field)
+    if is_common(password):
+        raise BadUserInput("Password is too common; choose another", field=field)

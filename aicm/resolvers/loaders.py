@@ -38,6 +38,7 @@ class Loaders:
         self.role_by_id = _loader(self._roles)
         self.system_roles_by_user_id = _loader(self._system_roles)
         self.members_by_project_id = _loader(self._members)
+        self.project_by_id = _loader(self._projects)
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
@@ -64,3 +65,7 @@ class Loaders:
     async def _members(project_ids: list[int]) -> list[list[models.ProjectMember]]:
         rows = await models.ProjectMember.filter(project_id__in=project_ids).order_by("added_at", "id")
         return _grouped(project_ids, rows, lambda m: m.project_id)
+
+    @staticmethod
+    async def _projects(ids: list[int]) -> list[models.Project | None]:
+        return _by_key(ids, await models.Project.filter(id__in=ids), lambda p: p.id)

@@ -7,13 +7,19 @@ from strawberry.tools import merge_types
 
 from aicm.config import Settings
 from aicm.schema.audit import AuditQueries
+from aicm.schema.auth import AuthMutations, AuthQueries
 from aicm.schema.errors import Schema
 from aicm.schema.projects import ProjectMutations, ProjectQueries
 from aicm.schema.roles import RoleMutations, RoleQueries
+from aicm.schema.tasks import TaskMutations, TaskQueries
 from aicm.schema.users import UserMutations, UserQueries
 
-Query = merge_types("Query", (UserQueries, ProjectQueries, RoleQueries, AuditQueries))
-Mutation = merge_types("Mutation", (UserMutations, ProjectMutations, RoleMutations))
+Query = merge_types(
+    "Query", (UserQueries, AuthQueries, ProjectQueries, TaskQueries, RoleQueries, AuditQueries)
+)
+Mutation = merge_types(
+    "Mutation", (AuthMutations, UserMutations, ProjectMutations, TaskMutations, RoleMutations)
+)
 
 
 def build_schema(settings: Settings) -> Schema:

@@ -11,6 +11,7 @@ from strawberry.types import Info as StrawberryInfo
 
 from aicm.auth.tokens import bearer_token
 from aicm.auth.viewer import Viewer, load_viewer
+from aicm.resolvers.auth import session_check
 from aicm.resolvers.loaders import Loaders
 from aicm.runtime import Runtime
 
@@ -43,4 +44,7 @@ async def viewer_from_authorization(
     if token is None:
         return Viewer(ip=ip, user_agent=user_agent)
     claims = runtime.tokens.decode_access(token)
-    return await load_viewer(claims.user_id, claims.session_id, ip, user_agent)
+    await session_check(runtime.auth, claims.session_id)
+    viewer = await load_viewer(claims.user_id, claims.session_id, ip, user_agent)
+    await runtime.auth.sessions.touch(claims.session_id, ip, user_agent)
+    return viewer

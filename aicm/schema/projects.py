@@ -13,6 +13,7 @@ from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
 from aicm.schema.roles import Role
+from aicm.schema.tasks import Task, TaskStatus
 from aicm.schema.users import User
 
 
@@ -79,6 +80,19 @@ class Project:
             ProjectMember.from_model(m)
             for m in await info.context.loaders.members_by_project_id.load(self.pk)
         ]
+
+    @strawberry.field(description="The project's tasks, newest first.")
+    async def tasks(
+        self, info: Info, status: TaskStatus | None = None, first: int | None = 20, after: str | None = None
+    ) -> Connection[Task]:
+        page = await resolvers.tasks.list_tasks(
+            info.context.viewer,
+            project_id=self.pk,
+            status=models.TaskStatus(status.value) if status else None,
+            first=first,
+            after=after,
+        )
+        return connection(page, Task.from_model)
 
     @strawberry.field(description="The viewer's role in this project; null when not a member.")
     async def viewer_role(self, info: Info) -> Role | None:

@@ -35,3 +35,15 @@ def project_event(kind: str, project: models.Project, viewer: Viewer, **extra: A
 
 def member_event(kind: str, project: models.Project, user_id: int, viewer: Viewer) -> dict[str, Any]:
     return project_event(kind, project, viewer, member_user_id=user_id)
+
+
+def task_event(kind: str, task: models.Task, actor_id: int | None) -> dict[str, Any]:
+    """On the project channel (TASK_CREATED / TASK_UPDATED) and the task channel (every status change)."""
+    return {
+        "type": kind,
+        "project_id": task.project_id,  # type: ignore[attr-defined]
+        "task_id": task.id,
+        "status": str(task.status),
+        "actor_id": actor_id,
+        "at": _now(),
+    }

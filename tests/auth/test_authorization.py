@@ -237,7 +237,7 @@ async def test_role_matrix(
     for key, value in values.items():  # role names stand for built-in role ids
         if value in {"auditor", "member", "viewer", "developer", "owner"}:
             values[key] = await role_id(value)
-    token = None if actor == "anonymous" else token_for(app, world.users[actor])
+    token = None if actor == "anonymous" else await token_for(app, world.users[actor])
     # when
     result = await execute(client, document, values, token=token)
     # then
@@ -259,7 +259,9 @@ async def test_project_list_shows_only_visible_projects(app: Starlette, client: 
         ("admin", ["Matrix", "Elsewhere"]),
         ("auditor", ["Matrix", "Elsewhere"]),
     ):
-        data = (await execute(client, query, token=token_for(app, world.users[actor])))["data"]["projects"]
+        data = (await execute(client, query, token=await token_for(app, world.users[actor])))["data"][
+            "projects"
+        ]
         assert [e["node"]["name"] for e in data["edges"]] == names, actor
         assert data["totalCount"] == len(names)
 
@@ -269,7 +271,7 @@ async def test_custom_project_role_grants_exactly_its_permissions(app: Starlette
     world = await build_world()
     reader = await make_user()
     await models.ProjectMember.create(project=world.project, user=reader, role=world.custom_role)
-    token = token_for(app, reader)
+    token = await token_for(app, reader)
     pid = world.id("Project", "")
     # then
     seen = await execute(
@@ -301,6 +303,6 @@ async def test_maintainer_cannot_grant_a_role_above_their_own(
         "r": encode_id("Role", mighty.id),
     }
     # when
-    result = await execute(client, doc, variables, token=token_for(app, world.users["maintainer"]))
+    result = await execute(client, doc, variables, token=await token_for(app, world.users["maintainer"]))
     # then
     assert error_codes(result) == [FORBID]

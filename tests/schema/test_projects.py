@@ -50,7 +50,7 @@ async def test_creating_a_project_makes_the_creator_its_owner_and_audits(
     alice = await make_user("alice@example.com")
     # when
     data = assert_ok(
-        await execute(client, CREATE, {"input": {"name": "Billing API"}}, token=token_for(app, alice))
+        await execute(client, CREATE, {"input": {"name": "Billing API"}}, token=await token_for(app, alice))
     )
     # then
     project = data["createProject"]
@@ -66,7 +66,7 @@ async def test_slugs_are_unique_with_numbered_suffixes(app: Starlette, client: h
     slugs = []
     for user in users:
         data = assert_ok(
-            await execute(client, CREATE, {"input": {"name": "Same Name"}}, token=token_for(app, user))
+            await execute(client, CREATE, {"input": {"name": "Same Name"}}, token=await token_for(app, user))
         )
         slugs.append(data["createProject"]["slug"])
     assert slugs == ["same-name", "same-name-2", "same-name-3"]
@@ -76,7 +76,7 @@ async def test_an_explicit_slug_that_is_taken_conflicts(app: Starlette, client: 
     owner = await make_user()
     await make_project(owner, slug="taken")
     result = await execute(
-        client, CREATE, {"input": {"name": "Other", "slug": "taken"}}, token=token_for(app, owner)
+        client, CREATE, {"input": {"name": "Other", "slug": "taken"}}, token=await token_for(app, owner)
     )
     assert_error(result, "CONFLICT", field="slug")
 
@@ -90,19 +90,21 @@ async def test_names_are_unique_among_a_users_active_projects(
     await make_project(alice, "Mine")
     # then: a duplicate of an active name conflicts, an archived name and another user's name do not
     assert_error(
-        await execute(client, CREATE, {"input": {"name": "Mine"}}, token=token_for(app, alice)),
+        await execute(client, CREATE, {"input": {"name": "Mine"}}, token=await token_for(app, alice)),
         "CONFLICT",
         field="name",
     )
-    assert_ok(await execute(client, CREATE, {"input": {"name": archived.name}}, token=token_for(app, alice)))
-    assert_ok(await execute(client, CREATE, {"input": {"name": "Mine"}}, token=token_for(app, bob)))
+    assert_ok(
+        await execute(client, CREATE, {"input": {"name": archived.name}}, token=await token_for(app, alice))
+    )
+    assert_ok(await execute(client, CREATE, {"input": {"name": "Mine"}}, token=await token_for(app, bob)))
 
 
 async def test_the_last_owner_cannot_be_demoted_or_removed(app: Starlette, client: httpx.AsyncClient) -> None:
     # given
     owner = await make_user()
     project = await make_project(owner)
-    token = token_for(app, owner)
+    token = await token_for(app, owner)
     # then
     demote = await execute(
         client, UPDATE_MEMBER, {"p": pid(project), "u": uid(owner), "r": await rid(VIEWER)}, token=token
@@ -119,7 +121,7 @@ async def test_ownership_moves_when_the_owner_steps_down(app: Starlette, client:
     owner, heir = await make_user(), await make_user("heir@example.com")
     project = await make_project(owner)
     await add_member(project, heir, DEVELOPER)
-    token = token_for(app, owner)
+    token = await token_for(app, owner)
     assert_ok(
         await execute(
             client, UPDATE_MEMBER, {"p": pid(project), "u": uid(heir), "r": await rid(OWNER)}, token=token
@@ -133,7 +135,7 @@ async def test_ownership_moves_when_the_owner_steps_down(app: Starlette, client:
             client,
             "query($id: ID!) { project(id: $id) { owner { email } } }",
             {"id": pid(project)},
-            token=token_for(app, heir),
+            token=await token_for(app, heir),
         )
     )
     assert data["project"]["owner"]["email"] == "heir@example.com"
@@ -147,7 +149,7 @@ async def test_a_member_may_leave_without_manage_permission(
     await add_member(project, viewer, VIEWER)
     assert_ok(
         await execute(
-            client, REMOVE_MEMBER, {"p": pid(project), "u": uid(viewer)}, token=token_for(app, viewer)
+            client, REMOVE_MEMBER, {"p": pid(project), "u": uid(viewer)}, token=await token_for(app, viewer)
         )
     )
     assert not await models.ProjectMember.filter(project=project, user=viewer).exists()
@@ -162,7 +164,7 @@ async def test_deactivating_the_only_owner_of_a_project_is_refused(
         client,
         "mutation($id: ID!) { deactivateUser(id: $id) { isActive } }",
         {"id": uid(owner)},
-        token=token_for(app, admin),
+        token=await token_for(app, admin),
     )
     assert_error(result, "CONFLICT")
     assert (await models.User.get(id=owner.id)).is_active
@@ -174,7 +176,7 @@ async def test_the_last_administrator_keeps_the_admin_role(app: Starlette, clien
         client,
         "mutation($u: ID!, $r: ID!) { revokeRole(userId: $u, roleId: $r) }",
         {"u": uid(admin), "r": await rid("admin")},
-        token=token_for(app, admin),
+        token=await token_for(app, admin),
     )
     assert_error(result, "CONFLICT")
 
@@ -185,7 +187,7 @@ async def test_archiving_keeps_members_and_hides_from_default_lists(
     owner, dev = await make_user(), await make_user()
     project = await make_project(owner, "Old")
     await add_member(project, dev, DEVELOPER)
-    token = token_for(app, owner)
+    token = await token_for(app, owner)
     data = assert_ok(
         await execute(
             client,
@@ -216,7 +218,7 @@ async def test_deleting_a_project_removes_its_members_and_audits(
         client,
         "mutation($id: ID!) { deleteProject(id: $id) }",
         {"id": pid(project)},
-        token=token_for(app, owner),
+        token=await token_for(app, owner),
     )
     assert assert_ok(result) == {"deleteProject": True}
     assert not await models.Project.filter(id=project.id).exists()
@@ -226,7 +228,7 @@ async def test_deleting_a_project_removes_its_members_and_audits(
         client,
         "query($id: ID!) { project(id: $id) { id } }",
         {"id": pid(project)},
-        token=token_for(app, owner),
+        token=await token_for(app, owner),
     )
     assert_error(gone, "NOT_FOUND")
 
@@ -236,7 +238,7 @@ async def test_a_hidden_project_and_a_missing_one_answer_alike(
 ) -> None:
     owner, stranger = await make_user(), await make_user()
     project = await make_project(owner)
-    token = token_for(app, stranger)
+    token = await token_for(app, stranger)
     hidden = await execute(
         client, "query($id: ID!) { project(id: $id) { id } }", {"id": pid(project)}, token=token
     )
@@ -258,7 +260,7 @@ async def test_adding_an_existing_member_conflicts(app: Starlette, client: httpx
         client,
         "mutation($p: ID!, $u: ID!, $r: ID!) { addProjectMember(projectId: $p, userId: $u, roleId: $r) { addedAt } }",
         {"p": pid(project), "u": uid(dev), "r": await rid(VIEWER)},
-        token=token_for(app, owner),
+        token=await token_for(app, owner),
     )
     assert_error(result, "CONFLICT", field="userId")
 
@@ -274,7 +276,7 @@ async def test_search_matches_name_and_description_case_insensitively(
         await execute(
             client,
             '{ projects(search: "alpha") { totalCount edges { node { name } } } }',
-            token=token_for(app, owner),
+            token=await token_for(app, owner),
         )
     )
     assert sorted(e["node"]["name"] for e in data["projects"]["edges"]) == ["Alpha Service", "Beta"]

@@ -67,7 +67,7 @@ async def test_project_list_runs_constant_sql_at_page_sizes_5_and_50(
         project = await make_project(await make_user())
         await add_member(project, await make_user(), DEVELOPER)
         await add_member(project, viewer, VIEWER)
-    token = token_for(app, viewer)
+    token = await token_for(app, viewer)
     # when
     small = await _count_for_page(client, token, 5)
     large = await _count_for_page(client, token, 50)

@@ -29,7 +29,7 @@ async def test_roles_and_permissions_are_readable_by_any_signed_in_user(
     user = await make_user()
     data = assert_ok(
         await execute(
-            client, "{ roles(scope: PROJECT) { name builtIn } permissions }", token=token_for(app, user)
+            client, "{ roles(scope: PROJECT) { name builtIn } permissions }", token=await token_for(app, user)
         )
     )
     assert [r["name"] for r in data["roles"]] == ["owner", "maintainer", "developer", "viewer"]
@@ -38,7 +38,7 @@ async def test_roles_and_permissions_are_readable_by_any_signed_in_user(
 
 async def test_create_user_lowercases_email_and_refuses_duplicates(app: Starlette, client: httpx.AsyncClient):
     admin = await make_user(roles=("admin",))
-    token = token_for(app, admin)
+    token = await token_for(app, admin)
     variables = {"input": {"email": "Mixed@Example.COM", "name": "M", "password": "a-long-password-1"}}
     data = assert_ok(await execute(client, CREATE_USER, variables, token=token))
     assert data["createUser"] == {"email": "mixed@example.com", "roles": [{"name": "member"}]}
@@ -48,7 +48,7 @@ async def test_create_user_lowercases_email_and_refuses_duplicates(app: Starlett
 
 async def test_built_in_roles_cannot_be_changed_or_deleted(app: Starlette, client: httpx.AsyncClient) -> None:
     admin = await make_user(roles=("admin",))
-    token = token_for(app, admin)
+    token = await token_for(app, admin)
     viewer_id = encode_id("Role", (await models.Role.get(name="viewer")).id)
     update = await execute(
         client,
@@ -67,7 +67,7 @@ async def test_custom_roles_are_created_updated_and_deleted(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     admin = await make_user(roles=("admin",))
-    token = token_for(app, admin)
+    token = await token_for(app, admin)
     created = assert_ok(
         await execute(
             client,
@@ -112,7 +112,7 @@ async def test_a_role_held_by_members_cannot_be_deleted(app: Starlette, client: 
         client,
         "mutation($id: ID!) { deleteRole(id: $id) }",
         {"id": encode_id("Role", role.id)},
-        token=token_for(app, admin),
+        token=await token_for(app, admin),
     )
     assert_error(result, "CONFLICT")
 
@@ -121,7 +121,7 @@ async def test_users_page_with_cursors_and_search(app: Starlette, client: httpx.
     admin = await make_user("admin@example.com", roles=("admin",))
     for n in range(4):
         await make_user(f"person{n}@example.com", name=f"Person {n}")
-    token = token_for(app, admin)
+    token = await token_for(app, admin)
     query = (
         'query($after: String) { users(first: 2, after: $after, search: "PERSON") { totalCount '
         "pageInfo { hasNextPage endCursor } edges { node { email } } } }"
@@ -142,14 +142,14 @@ async def test_audit_log_lists_changes_newest_first_with_their_actor(
 ):
     admin = await make_user("root@example.com", roles=("admin",))
     auditor = await make_user(roles=("auditor",))
-    token = token_for(app, admin)
+    token = await token_for(app, admin)
     await execute(client, 'mutation { createProject(input: {name: "One"}) { id } }', token=token)
     await execute(client, 'mutation { updateMe(input: {name: "Root"}) { id } }', token=token)
     data = assert_ok(
         await execute(
             client,
             "{ auditLog(first: 5) { totalCount edges { node { action targetType actor { email } } } } }",
-            token=token_for(app, auditor),
+            token=await token_for(app, auditor),
         )
     )["auditLog"]
     assert [e["node"]["action"] for e in data["edges"]] == ["user.update", "project.create"]
@@ -162,7 +162,7 @@ async def test_a_failed_mutation_writes_no_audit_row(app: Starlette, client: htt
     await execute(
         client,
         'mutation { createProject(input: {name: "x", repositoryUrl: "ftp://x"}) { id } }',
-        token=token_for(app, owner),
+        token=await token_for(app, owner),
     )
     assert await models.AuditLog.all().count() == before
 
@@ -172,7 +172,7 @@ async def test_a_deactivated_users_token_stops_working(app: Starlette, client: h
     response = await client.post(
         "/graphql",
         json={"query": "{ me { id } }"},
-        headers={"Authorization": f"Bearer {token_for(app, user)}"},
+        headers={"Authorization": f"Bearer {await token_for(app, user)}"},
     )
     assert response.status_code == 401
     assert_error(response.json(), "UNAUTHENTICATED")

@@ -71,7 +71,7 @@ async def test_invalid_input_names_its_field(
     # given an administrator, who passes every permission check
     admin = await make_user(roles=("member", "admin"))
     # when
-    result = await execute(client, document, variables, token=token_for(app, admin))
+    result = await execute(client, document, variables, token=await token_for(app, admin))
     # then
     assert_error(result, "BAD_USER_INPUT", field=field)
 
@@ -88,7 +88,7 @@ async def test_member_needs_a_project_scoped_role(app: Starlette, client: httpx.
             "u": encode_id("User", newcomer.id),
             "r": encode_id("Role", system_role.id),
         },
-        token=token_for(app, owner),
+        token=await token_for(app, owner),
     )
     assert_error(result, "BAD_USER_INPUT", field="roleId")
 
@@ -100,7 +100,7 @@ async def test_system_roles_only_are_assigned_to_users(app: Starlette, client: h
         client,
         "mutation($u: ID!, $r: ID!) { assignRole(userId: $u, roleId: $r) { id } }",
         {"u": encode_id("User", someone.id), "r": encode_id("Role", project_role.id)},
-        token=token_for(app, admin),
+        token=await token_for(app, admin),
     )
     assert_error(result, "BAD_USER_INPUT", field="roleId")
 
@@ -111,6 +111,6 @@ async def test_an_id_of_another_type_is_not_found(app: Starlette, client: httpx.
         client,
         "query($id: ID!) { project(id: $id) { id } }",
         {"id": encode_id("User", admin.id)},
-        token=token_for(app, admin),
+        token=await token_for(app, admin),
     )
     assert_error(result, "NOT_FOUND")

@@ -1,0 +1,119 @@
+"""Tasks: starting AI coding runs, following them up, cancelling them, and reading their logs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tortoise.expressions import Q
+
+from aicm import models
+from aicm.auth import authorization
+from aicm.auth.permissions import Permission
+from aicm.auth.viewer import Viewer
+from aicm.errors import BadUserInput, Conflict
+from aicm.resolvers import validation
+from aicm.resolvers.pagination import Page, page_size, paginate
+from aicm.resolvers.unit_of_work import unit_of_work
+from aicm.subscriptions import channels, events
+
+if TYPE_CHECKING:
+    from aicm.runner.dispatch import TaskDispatcher
+
+MAX_PROMPT = 100_000
+
+
+async def get_task(viewer: Viewer, task_id: int) -> models.Task:
+    return await authorization.get_visible_task(viewer, task_id)
+
+
+async def list_tasks(
+    viewer: Viewer,
+    *,
+    project_id: int | None,
+    status: models.TaskStatus | None,
+    first: int | None,
+    after: str | None,
+) -> Page:
+    authorization.require_signed_in(viewer)
+    if project_id is not None:
+        project = await authorization.get_visible_project(viewer, project_id)
+        await authorization.require(viewer, Permission.TASK_READ, project)
+    queryset = await authorization.visible_tasks(viewer)
+    if project_id is not None:
+        queryset = queryset.filter(project_id=project_id)
+    if status is not None:
+        queryset = queryset.filter(status=status)
+    return await paginate(queryset, first, after, newest_first=True)
+
+
+async def _start(
+    viewer: Viewer,
+    dispatcher: TaskDispatcher,
+    project: models.Project,
+    prompt: str,
+    parent: models.Task | None,
+) -> models.Task:
+    user = authorization.require_signed_in(viewer)
+    await authorization.require(viewer, Permission.TASK_CREATE, project)
+    prompt = validation.text(prompt, "prompt", min_len=1, max_len=MAX_PROMPT, strip=False)
+    if not prompt.strip():
+        raise BadUserInput("'prompt' must not be empty", field="prompt")
+    if project.status != models.ProjectStatus.ACTIVE:
+        raise Conflict("The project is archived", field="projectId")
+    async with unit_of_work(viewer) as uow:
+        task = await models.Task.create(
+            project=project,
+            created_by=user,
+            prompt=prompt,
+            parent_id=parent.id if parent else None,
+            using_db=uow.connection,
+        )
+        await uow.audit(
+            "task.create", task, project_id=project.id, follow_up_of=parent.id if parent else None
+        )
+        uow.emit(channels.project(project.id), events.task_event(events.TASK_CREATED, task, user.id))
+    await dispatcher.submit(task.id)
+    return task
+
+
+async def create_task(
+    viewer: Viewer, dispatcher: TaskDispatcher, *, project_id: int, prompt: str
+) -> models.Task:
+    project = await authorization.get_visible_project(viewer, project_id)
+    return await _start(viewer, dispatcher, project, prompt, None)
+
+
+async def follow_up_task(
+    viewer: Viewer, dispatcher: TaskDispatcher, task_id: int, *, prompt: str
+) -> models.Task:
+    """A new task in the same project that resumes the CLI conversation of ``task_id``."""
+    parent = await get_task(viewer, task_id)
+    return await _start(viewer, dispatcher, parent.project, prompt, parent)
+
+
+async def cancel_task(viewer: Viewer, dispatcher: TaskDispatcher, task_id: int) -> models.Task:
+    task = await get_task(viewer, task_id)
+    await authorization.require_cancel(viewer, task)
+    if task.status in models.FINISHED:
+        return task
+    async with unit_of_work(viewer) as uow:
+        updated = (
+            await models.Task.filter(
+                Q(id=task.id) & Q(status__in=[models.TaskStatus.PENDING, models.TaskStatus.RUNNING])
+            )
+            .using_db(uow.connection)
+            .update(cancel_requested=True)
+        )
+        if updated:
+            await uow.audit("task.cancel", task)
+    if updated:
+        await dispatcher.cancel(task.id)
+    return await models.Task.get(id=task.id).prefetch_related("project")
+
+
+async def task_logs(task: models.Task, *, after_seq: int, first: int | None) -> list[models.TaskLog]:
+    """Stored lines with ``seq > after_seq``, oldest first (the caller has checked the task is visible)."""
+    if after_seq < 0:
+        raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
+    size = page_size(first)
+    return await models.TaskLog.filter(task_id=task.id, seq__gt=after_seq).order_by("seq").limit(size)

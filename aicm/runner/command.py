@@ -1,0 +1,111 @@
+"""What a task runs: its argv, its environment and its working directory (CONTRACT §5).
+
+Nothing here touches a shell. ``build_argv`` returns a list for ``exec``; the prompt is one element of it
+whatever characters it holds.
+
+>>> build_argv(["claude", "-p", "{prompt}", "--verbose"], "fix $(this) {0}", resume_session_id="abc-1")
+['claude', '-p', 'fix $(this) {0}', '--verbose', '--resume', 'abc-1']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "ENV_ALLOWED_NAMES",
+    "ENV_ALLOWED_PREFIXES",
+    "PROMPT_PLACEHOLDER",
+    "SESSION_ID_PATTERN",
+    "build_argv",
+    "ensure_workspace",
+    "scrubbed_env",
+    "workspace_dir",
+]
+
+PROMPT_PLACEHOLDER = "{prompt}"
+
+# The only variables of the server's own environment an agent inherits (CONTRACT §7, Runner).
+ENV_ALLOWED_NAMES = frozenset({"PATH", "HOME", "LANG", "TERM", "TZ"})
+ENV_ALLOWED_PREFIXES = ("LC_",)
+
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+# Claude session ids are UUIDs; allow any plain token, but nothing an argument parser could read as an option.
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str | None = None) -> list[str]:
+    """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given.
+
+    The replacement is a literal ``str.replace`` in one pass (never ``str.format``), so braces in the prompt,
+    or a prompt that itself contains ``{prompt}``, stay as they are.
+
+    A prompt starting with ``-`` that lands at the start of an element (``-p {prompt}``) gets one leading
+    space: otherwise the CLI's option parser would take ``--dangerously-skip-permissions`` typed as a prompt
+    for an option. Every other character reaches the program unchanged.
+
+    Raises ValueError for an empty template, a NUL character (``exec`` cannot pass one) or a session id that
+    is not a plain token.
+    """
+    if not template or not template[0]:
+        raise ValueError("runner command must be a non-empty list whose first element names the program")
+    if "\x00" in prompt:
+        raise ValueError("prompt must not contain NUL characters")
+    argv: list[str] = []
+    for element in template:
+        if "\x00" in element:
+            raise ValueError("runner command elements must not contain NUL characters")
+        value = element.replace(PROMPT_PLACEHOLDER, prompt)
+        if element.startswith(PROMPT_PLACEHOLDER) and prompt.startswith("-"):
+            value = " " + value
+        argv.append(value)
+    if resume_session_id is not None:
+        if not SESSION_ID_PATTERN.fullmatch(resume_session_id):
+            raise ValueError(f"not a valid session id: {resume_session_id!r}")
+        argv += ["--resume", resume_session_id]
+    return argv
+
+
+def scrubbed_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment: the allow-listed part of ``environ``, plus ``extra`` (``runner.env``) on top.
+
+    Everything else (``JWT_SECRET``, ``DATABASE_URL``, cloud credentials, ``ANTHROPIC_API_KEY``...) is
+    dropped; an agent that needs a key gets it through ``runner.env``. Raises ValueError for an ``extra`` name
+    that is not a valid variable name or a value holding a NUL character.
+    """
+    env = {
+        name: value
+        for name, value in environ.items()
+        if (name in ENV_ALLOWED_NAMES or name.startswith(ENV_ALLOWED_PREFIXES)) and "\x00" not in value
+    }
+    for name, value in extra.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"runner.env: not a valid environment variable name: {name!r}")
+        if "\x00" in str(value):
+            raise ValueError(f"runner.env.{name}: must not contain NUL characters")
+        env[name] = str(value)
+    return env
+
+
+def workspace_dir(root: str | Path, slug: str) -> Path:
+    """``<root>/<slug>``, resolved; it does not create it (see ``ensure_workspace``).
+
+    Raises ValueError unless ``slug`` matches ``^[a-z0-9][a-z0-9-]{0,99}$`` and the resolved path is a direct
+    child of the resolved root (a symlink planted at ``<root>/<slug>`` that points elsewhere is refused).
+    """
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+        raise ValueError(f"not a valid project slug for a workspace: {slug!r}")
+    base = Path(root).expanduser().resolve()
+    path = (base / slug).resolve()
+    if path.parent != base:
+        raise ValueError(f"workspace for {slug!r} resolves outside {base}")
+    return path
+
+
+def ensure_workspace(root: str | Path, slug: str) -> Path:
+    """``workspace_dir(root, slug)``, created (with its parents) when missing."""
+    path = workspace_dir(root, slug)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,303 @@
+"""A stand-in for the Claude Code CLI that prints realistic ``stream-json``, to try the whole flow without it.
+
+Configure it as the runner command (the interpreter must be the one aicm is installed in)::
+
+    runner:
+      command: ["python", "-m", "aicm.runner.demo_agent", "-p", "{prompt}", "--output-format", "stream-json",
+                "--verbose"]
+      env: {AICM_DEMO_DELAY: "0.05"}   # seconds between lines; runner.env is how it reaches the agent
+
+It accepts the Claude flags the server passes (``-p``, ``--output-format``, ``--verbose``, ``--resume ID``)
+and ignores the others. It reads the workspace (lists its entries) but never changes it.
+
+Words in the prompt steer it, for tests and demos:
+
+``lines:N``      N extra assistant lines, printed as fast as possible
+``sleep:S``      sleep S seconds before the result
+``fail``         end with a result ``is_error: true`` and exit code 1
+``stderr``       write a line to stderr
+``spawn-child``  start a child process (sleeps 60 s) in the agent's process group, before any sleep
+
+Standard library only: it must run wherever the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+MODEL = "claude-sonnet-4-5-20250929"
+TOOLS = ["Task", "Bash", "Glob", "Grep", "Read", "Edit", "Write", "TodoWrite"]
+VERSION = "1.0.0 (AICM demo agent)"
+DEFAULT_DELAY = 0.05
+MAX_EXTRA_LINES = 1_000_000
+MAX_SLEEP = 3600.0
+LISTED_ENTRIES = 20
+
+# Claude flags that take a value; the value must not be mistaken for the prompt.
+_VALUE_FLAGS = frozenset(
+    {
+        "--output-format",
+        "--input-format",
+        "--resume",
+        "-r",
+        "--model",
+        "--fallback-model",
+        "--max-turns",
+        "--system-prompt",
+        "--append-system-prompt",
+        "--allowedTools",
+        "--allowed-tools",
+        "--disallowedTools",
+        "--disallowed-tools",
+        "--permission-mode",
+        "--permission-prompt-tool",
+        "--session-id",
+        "--mcp-config",
+        "--add-dir",
+        "--settings",
+        "--setting-sources",
+        "--agents",
+    }
+)
+
+
+class Options:
+    def __init__(self) -> None:
+        self.prompt: str | None = None
+        self.output_format = "text"
+        self.verbose = False
+        self.resume: str | None = None
+        self.version = False
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Claude-like parsing: ``-p`` is a switch and the prompt is the first positional argument."""
+    options = Options()
+    positional: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):  # each pass consumes one or two arguments
+        arg = args[i]
+        i += 1
+        value: str | None = None
+        if arg == "--":
+            positional += args[i:]
+            break
+        if arg.startswith("--") and "=" in arg:
+            arg, value = arg.split("=", 1)
+        elif arg in _VALUE_FLAGS:
+            value = args[i] if i < len(args) else ""
+            i += 1
+        if arg == "--output-format":
+            options.output_format = value or ""
+        elif arg in ("--resume", "-r"):
+            options.resume = value or None
+        elif arg == "--verbose":
+            options.verbose = True
+        elif arg in ("--version", "-v"):
+            options.version = True
+        elif value is None and not (arg.startswith("-") and len(arg) > 1):
+            positional.append(arg)
+        # -p/--print and every other flag: accepted, nothing to do
+    options.prompt = positional[0] if positional else None
+    return options
+
+
+def directives(prompt: str) -> dict[str, Any]:
+    found: dict[str, Any] = {"lines": 0, "sleep": 0.0, "fail": False, "stderr": False, "spawn_child": False}
+    for word in prompt.split():
+        name, _, arg = word.partition(":")
+        try:
+            if name == "lines" and arg:
+                found["lines"] = max(0, min(int(arg), MAX_EXTRA_LINES))
+            elif name == "sleep" and arg:
+                found["sleep"] = max(0.0, min(float(arg), MAX_SLEEP))
+        except ValueError:
+            continue
+        if word in ("fail", "stderr"):
+            found[word] = True
+        elif word == "spawn-child":
+            found["spawn_child"] = True
+    return found
+
+
+def _delay() -> float:
+    try:
+        return max(0.0, min(float(os.environ.get("AICM_DEMO_DELAY", DEFAULT_DELAY)), 10.0))
+    except ValueError:
+        return DEFAULT_DELAY
+
+
+class Emitter:
+    """Prints stream-json lines (or keeps quiet until the end for the text/json formats)."""
+
+    def __init__(self, session_id: str, streaming: bool, delay: float) -> None:
+        self.session_id = session_id
+        self.streaming = streaming
+        self.delay = delay
+        self.turns = 0
+        self.output_tokens = 0
+        self._message = 0
+        self._tool = 0
+
+    def emit(self, obj: dict[str, Any], *, pause: bool = True) -> None:
+        if not self.streaming:
+            return
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+        if pause and self.delay:
+            time.sleep(self.delay)
+
+    def assistant(self, *blocks: dict[str, Any], pause: bool = True, last: bool = False) -> None:
+        self._message += 1
+        self.turns += 1
+        tokens = 12 + sum(len(json.dumps(block)) // 4 for block in blocks)
+        self.output_tokens += tokens
+        uses_tool = any(block["type"] == "tool_use" for block in blocks)
+        message = {
+            "id": f"msg_demo_{self._message:04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": list(blocks),
+            "stop_reason": "tool_use" if uses_tool else ("end_turn" if last else None),
+            "usage": {"input_tokens": 1200 + 150 * self._message, "output_tokens": tokens},
+        }
+        self.emit(self._wrap("assistant", message), pause=pause)
+
+    def say(self, text: str, *, pause: bool = True, last: bool = False) -> None:
+        self.assistant({"type": "text", "text": text}, pause=pause, last=last)
+
+    def tool(self, name: str, tool_input: dict[str, Any], output: str, *, is_error: bool = False) -> None:
+        self._tool += 1
+        tool_id = f"toolu_demo_{self._tool:04d}"
+        self.assistant({"type": "tool_use", "id": tool_id, "name": name, "input": tool_input})
+        result = {"tool_use_id": tool_id, "type": "tool_result", "content": output, "is_error": is_error}
+        self.emit(self._wrap("user", {"role": "user", "content": [result]}))
+
+    def _wrap(self, kind: str, message: dict[str, Any]) -> dict[str, Any]:
+        return {"type": kind, "message": message, "parent_tool_use_id": None, "session_id": self.session_id}
+
+
+def _listing(path: str) -> str:
+    try:
+        entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+    except OSError as exc:
+        return f"ls: cannot open directory '.': {exc.strerror}"
+    if not entries:
+        return "(the workspace is empty)"
+    names = [entry.name + ("/" if entry.is_dir() else "") for entry in entries[:LISTED_ENTRIES]]
+    more = len(entries) - LISTED_ENTRIES
+    return "\n".join(names + ([f"... and {more} more"] if more > 0 else []))
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run(options: Options) -> int:
+    prompt = (options.prompt or "").strip()
+    streaming = options.output_format == "stream-json"
+    started = time.monotonic()
+    session_id = options.resume or str(uuid.uuid4())
+    steer = directives(prompt)
+    out = Emitter(session_id, streaming, _delay())
+    cwd = os.getcwd()
+
+    out.emit(
+        {
+            "type": "system",
+            "subtype": "init",
+            "cwd": cwd,
+            "session_id": session_id,
+            "tools": TOOLS,
+            "mcp_servers": [],
+            "model": MODEL,
+            "permissionMode": "default",
+            "apiKeySource": "none",
+        }
+    )
+    opening = "Picking up where we left off" if options.resume else "I'll start by looking at the workspace"
+    out.say(f"{opening}. Task: “{_short(prompt)}”")
+    out.tool("Bash", {"command": "ls -A", "description": "List the workspace"}, _listing(cwd))
+    keyword = next((word for word in prompt.split() if len(word) > 3 and ":" not in word), "TODO")
+    out.tool("Grep", {"pattern": keyword, "path": "."}, f"No matches found for {keyword!r} (demo agent)")
+
+    if steer["stderr"]:
+        sys.stderr.write("demo-agent: warning: this line was written to stderr on request\n")
+        sys.stderr.flush()
+    for n in range(1, steer["lines"] + 1):
+        out.say(f"Working… line {n} of {steer['lines']}", pause=False)
+    if steer["spawn_child"]:
+        child = subprocess.Popen(  # same process group as the agent: cancel must reach it
+            [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL
+        )
+        command = {"command": "sleep 60", "description": "Start a background job", "run_in_background": True}
+        out.tool("Bash", command, f"Started background process (pid {child.pid})")
+    if steer["sleep"]:
+        out.say(f"Waiting {steer['sleep']:g} s before finishing…")
+        time.sleep(steer["sleep"])
+
+    failed = steer["fail"]
+    if failed:
+        final = "I could not finish: the prompt asked the demo agent to fail."
+    else:
+        final = f"Done. This was a demo run for “{_short(prompt, 80)}”; no files were changed."
+    out.say(final, last=True)
+    elapsed_ms = int((time.monotonic() - started) * 1000)
+    result = {
+        "type": "result",
+        "subtype": "error_during_execution" if failed else "success",
+        "is_error": failed,
+        "duration_ms": elapsed_ms,
+        "duration_api_ms": int(elapsed_ms * 0.9),
+        "num_turns": out.turns,
+        "result": final,
+        "session_id": session_id,
+        "total_cost_usd": round(0.0021 * out.turns + 0.000003 * out.output_tokens, 5),
+        "usage": {"input_tokens": 1200 * out.turns, "output_tokens": out.output_tokens},
+        "permission_denials": [],
+    }
+    if streaming:
+        out.emit(result, pause=False)
+    elif options.output_format == "json":
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    else:
+        print(final, flush=True)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    if options.version:
+        print(VERSION)
+        return 0
+    if not options.prompt or not options.prompt.strip():
+        sys.stderr.write("Error: Input must be provided either through stdin or as a prompt argument\n")
+        return 1
+    if options.output_format not in ("text", "json", "stream-json"):
+        sys.stderr.write(f"Error: Invalid output format: {options.output_format}\n")
+        return 1
+    if options.output_format == "stream-json" and not options.verbose:
+        sys.stderr.write("Error: When using --print, --output-format=stream-json requires --verbose\n")
+        return 1
+    try:
+        return run(options)
+    except BrokenPipeError:  # the reader went away: nobody left to tell
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(encoding="utf-8")  # type: ignore[attr-defined]
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Runs tasks in this process: claims them, runs the agent, stores and publishes its lines, records the end.
+
+Used by ``serve`` (``runner.embedded: true``) and by ``aicli-api worker``. At most ``runner.max_concurrent``
+agents run at once; further tasks wait in FIFO order. A running task holds a lease that is renewed while it
+runs; a task whose lease expired belonged to a process that died and is marked FAILED by ``recover``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aicm import models
+from aicm.config import Settings
+from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
+from aicm.resolvers.unit_of_work import publish
+from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env
+from aicm.runner.logs import LogWriter
+from aicm.runner.process import AgentNotFound, AgentProcess
+from aicm.runner.stream_json import RunSummary, parse_line
+from aicm.subscriptions import channels, events
+from aicm.subscriptions.broker import Broker, Event
+
+log = logging.getLogger("aicm.runner")
+
+LEASE_SECONDS = 30.0
+RENEW_EVERY = 5.0  # also how often the database is asked whether a cancel was requested
+RUNNING, PENDING = models.TaskStatus.RUNNING, models.TaskStatus.PENDING
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def announce(task: models.Task, actor_id: int | None = None) -> None:
+    """A status change, on the task's channel and its project's."""
+    payload = events.task_event(events.TASK_UPDATED, task, actor_id)
+    await publish(channels.task(task.id), payload)
+    await publish(channels.project(task.project_id), payload)  # type: ignore[attr-defined]
+
+
+async def finish(
+    task_id: int,
+    status: models.TaskStatus,
+    *,
+    error: str | None = None,
+    only_from: tuple[models.TaskStatus, ...] = (PENDING, RUNNING),
+    **fields: Any,
+) -> bool:
+    """Record a task's end unless it is no longer in one of ``only_from``; True when this call ended it.
+
+    A line with ``stream: system`` tells readers of the log why the server ended it.
+    """
+    updated = await models.Task.filter(id=task_id, status__in=list(only_from)).update(
+        status=status, error=error, finished_at=_now(), lease_expires_at=None, **fields
+    )
+    if not updated:
+        return False
+    TASKS.labels(str(status)).inc()
+    task = await models.Task.get(id=task_id)
+    if error and status != models.TaskStatus.SUCCEEDED:
+        writer = LogWriter(task.id, task.last_seq)
+        await writer.add("system", "text", error, None)
+        await writer.close()
+    await publish(channels.task_logs(task_id), {"end": True, "status": str(status)})
+    await announce(task)
+    return True
+
+
+async def cancel_pending(task_id: int) -> bool:
+    """End a task that no process has started yet; False when it is running (or over)."""
+    return await finish(
+        task_id, models.TaskStatus.CANCELLED, error="Cancelled before it started", only_from=(PENDING,)
+    )
+
+
+class TaskExecutor:
+    def __init__(self, settings: Settings, broker: Broker, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.worker_id = worker_id or new_worker_id()
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._cancels: dict[int, asyncio.Event] = {}
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> int:
+        return len(self._cancels)
+
+    async def start(self) -> None:
+        self._slots = [
+            asyncio.create_task(self._slot(), name=f"aicm-runner-{n}")
+            for n in range(self.settings.runner.max_concurrent)
+        ]
+        self._renewer = asyncio.create_task(self._renew_leases(), name="aicm-runner-leases")
+
+    async def close(self) -> None:
+        """Stop taking tasks and end the running ones; their tasks are marked FAILED."""
+        for slot in self._slots:
+            slot.cancel()
+        if self._renewer:
+            self._renewer.cancel()
+        for task in [*self._slots, *([self._renewer] if self._renewer else [])]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._slots, self._renewer = [], None
+
+    async def submit(self, task_id: int) -> None:
+        self._queue.put_nowait(task_id)
+
+    def cancel_local(self, task_id: int) -> bool:
+        """Stop the task if it runs here; True when it did."""
+        event = self._cancels.get(task_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def _follow_cancels(self) -> None:
+        """Cancel requests for tasks that may run in any process arrive on one control channel."""
+        async with self.broker.subscribe([channels.task_control()]) as subscription:
+            async for item in subscription:
+                if isinstance(item, Event) and isinstance(item.payload.get("cancel"), int):
+                    self.cancel_local(item.payload["cancel"])
+
+    # --- recovery -----------------------------------------------------------------------------------
+
+    async def recover(self, *, single_process: bool) -> None:
+        """Fail tasks whose runner died; in single-process mode requeue PENDING tasks too.
+
+        Single-process (no Redis): nothing else can be running a task, so every RUNNING task was left by a
+        previous life of this server. With workers: only tasks whose lease expired.
+        """
+        stale = models.Task.filter(status=RUNNING)
+        if not single_process:
+            stale = stale.filter(lease_expires_at__lt=_now())
+        for task_id in await stale.values_list("id", flat=True):
+            log.warning(
+                "task left running by a dead process", extra={"event": "task_recovered", "task_id": task_id}
+            )
+            await finish(
+                task_id, models.TaskStatus.FAILED, error="The process running this task stopped (worker lost)"
+            )
+        if single_process:
+            for task_id in (
+                await models.Task.filter(status=PENDING).order_by("id").values_list("id", flat=True)
+            ):
+                await self.submit(task_id)
+
+    # --- running ------------------------------------------------------------------------------------
+
+    async def _slot(self) -> None:
+        while True:
+            task_id = await self._queue.get()
+            try:
+                await self.run(task_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("task run failed", extra={"event": "task_error", "task_id": task_id})
+                await finish(task_id, models.TaskStatus.FAILED, error="Internal error while running the task")
+
+    async def _claim(self, task_id: int) -> models.Task | None:
+        claimed = await models.Task.filter(id=task_id, status=PENDING, cancel_requested=False).update(
+            status=RUNNING,
+            started_at=_now(),
+            worker_id=self.worker_id,
+            lease_expires_at=_now() + timedelta(seconds=LEASE_SECONDS),
+        )
+        if not claimed:
+            await cancel_pending(task_id)  # ends it only if a cancel left it PENDING
+            return None
+        return await models.Task.get(id=task_id).prefetch_related("project")
+
+    async def run(self, task_id: int) -> None:
+        task = await self._claim(task_id)
+        if task is None:
+            return
+        cancel = self._cancels[task.id] = asyncio.Event()
+        TASKS_RUNNING.inc()
+        try:
+            await announce(task)
+            await self._execute(task, cancel)
+        except asyncio.CancelledError:  # this process is shutting down; the agent's group is already killed
+            await asyncio.shield(
+                finish(task.id, models.TaskStatus.FAILED, error="The server stopped while it ran")
+            )
+            raise
+        finally:
+            self._cancels.pop(task.id, None)
+            TASKS_RUNNING.dec()
+
+    async def _execute(self, task: models.Task, cancel: asyncio.Event) -> None:
+        runner = self.settings.runner
+        resume = None
+        if task.parent_id:
+            resume = (
+                await models.Task.filter(id=task.parent_id).values_list("cli_session_id", flat=True).first()
+            )
+        summary = RunSummary()
+        writer = LogWriter(task.id, task.last_seq)
+
+        async def on_line(stream: str, line: str) -> None:
+            parsed = parse_line(stream, line)
+            summary.feed(parsed)
+            await writer.add(parsed.stream, parsed.kind, parsed.text, parsed.data)
+
+        try:
+            argv = build_argv(runner.command, task.prompt, resume_session_id=resume)
+            cwd = ensure_workspace(runner.workspace_root, task.project.slug)
+            async with AgentProcess(argv, cwd=cwd, env=scrubbed_env(os.environ, runner.env)) as agent:
+                outcome = await agent.run(on_line, time_limit=runner.timeout, cancel_event=cancel)
+        except (AgentNotFound, ValueError, OSError) as exc:  # the agent could not be started at all
+            await writer.close()
+            await finish(task.id, models.TaskStatus.FAILED, error=f"Could not start the agent: {exc}")
+            return
+        await writer.close()
+        TASK_LOG_LINES.inc(writer.written)
+        fields = {
+            "exit_code": outcome.exit_code,
+            "cost_usd": summary.cost_usd,
+            "cli_session_id": summary.session_id,
+        }
+        if outcome.cancelled:
+            await finish(task.id, models.TaskStatus.CANCELLED, error="Cancelled", **fields)
+        elif outcome.timed_out:
+            limit = int(runner.timeout)
+            await finish(task.id, models.TaskStatus.TIMED_OUT, error=f"Timed out after {limit} s", **fields)
+        elif summary.succeeded(outcome.exit_code):
+            await finish(task.id, models.TaskStatus.SUCCEEDED, **fields)
+        else:
+            reason = (
+                summary.result_text if summary.is_error else f"The agent exited with code {outcome.exit_code}"
+            )
+            await finish(
+                task.id, models.TaskStatus.FAILED, error=reason or "The agent reported an error", **fields
+            )
+
+    async def _renew_leases(self) -> None:
+        """Keep our running tasks' leases alive, and catch cancels that arrived only through the database."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            ids = list(self._cancels)
+            if not ids:
+                continue
+            with contextlib.suppress(Exception):
+                await models.Task.filter(id__in=ids, worker_id=self.worker_id, status=RUNNING).update(
+                    lease_expires_at=_now() + timedelta(seconds=LEASE_SECONDS)
+                )
+                for task_id in await models.Task.filter(id__in=ids, cancel_requested=True).values_list(
+                    "id", flat=True
+                ):
+                    self.cancel_local(task_id)

@@ -1,0 +1,405 @@
+"""One agent run as an OS process: start it, read its lines, cancel it, reap it (CONTRACT §5).
+
+The agent runs without a shell, with stdin on /dev/null, in its own session and so in its own process group:
+``cancel`` signals the whole group, so the tools the agent started (a test run, a dev server) stop with it.
+
+Use it as an async context manager, so that whatever is left of the group is killed on the way out even when
+the caller fails or is cancelled. ``run`` reads every line, enforces ``runner.timeout`` and reacts to a
+cancel request::
+
+    argv = build_argv(settings.runner.command, task.prompt, resume_session_id=previous_session_id)
+    env = scrubbed_env(os.environ, settings.runner.env)
+    cwd = ensure_workspace(settings.runner.workspace_root, project.slug)
+    summary = RunSummary()
+
+    async def on_line(stream: str, line: str) -> None:
+        parsed = parse_line(stream, line)
+        summary.feed(parsed)
+        ...  # store the TaskLogLine, publish it
+
+    try:
+        async with AgentProcess(argv, cwd=cwd, env=env) as agent:
+            outcome = await agent.run(
+                on_line, time_limit=settings.runner.timeout, cancel_event=cancel_requested
+            )
+    except AgentNotFound as exc:
+        ...  # FAILED with error=str(exc), exitCode null; stop here
+
+    if outcome.cancelled:   status = CANCELLED   # exitCode = outcome.exit_code (None when a signal ended it)
+    elif outcome.timed_out: status = TIMED_OUT
+    else:                   status = SUCCEEDED if summary.succeeded(outcome.exit_code) else FAILED
+
+Doing it by hand instead: iterate ``lines()`` inside ``asyncio.timeout(runner.timeout)``; on ``TimeoutError``
+call ``await agent.cancel()`` (SIGTERM to the group, SIGKILL after the grace) and then ``await agent.wait()``.
+Always consume ``lines()``: an agent whose pipes are not read blocks once the pipe buffer (64 KiB) is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import errno
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_MAX_LINE_BYTES",
+    "AgentNotFound",
+    "AgentProcess",
+    "RunOutcome",
+]
+
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+DEFAULT_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (CONTRACT §7, Runner)
+DEFAULT_DRAIN_TIMEOUT = 2.0  # after the agent exits, stop reading pipes that stay silent this long
+_POLL = 0.05  # how often to look for the agent's exit while waiting on something else
+_REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the kernel to report the exit
+_QUEUE_SIZE = 256  # lines read ahead of the consumer; beyond that the pipes fill and the agent waits
+
+_NOT_RUNNABLE = {errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENOEXEC, errno.ELOOP, errno.EISDIR}
+
+
+class AgentNotFound(Exception):
+    """The agent program could not be executed: missing from PATH, or not an executable file."""
+
+    def __init__(self, command: str, reason: str = "not found") -> None:
+        self.command = command
+        self.reason = reason
+        super().__init__(f"agent command {command!r} {reason} (check runner.command and PATH)")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How ``AgentProcess.run`` ended. ``exit_code`` is None when a signal ended the agent."""
+
+    exit_code: int | None
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    stream: str
+    error: BaseException | None
+
+
+class AgentProcess:
+    """An agent program running in its own process group, read line by line.
+
+    ``max_line_bytes`` bounds one line: the bytes beyond it are discarded as they are read (never held in
+    memory) and the line ends with `` …[truncated N bytes]``.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | Path,
+        env: Mapping[str, str],
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> None:
+        if not argv or not argv[0]:
+            raise ValueError("argv must name a program")
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be at least 1")
+        self.argv = list(argv)
+        self.cwd = Path(cwd)
+        self.env = dict(env)
+        self.max_line_bytes = max_line_bytes
+        self.drain_timeout = drain_timeout
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lines_taken = False
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> AgentProcess:
+        """Spawn the program. Raises AgentNotFound when it cannot be executed, OSError for a bad ``cwd``."""
+        if self._proc is not None:
+            raise RuntimeError("the agent process was already started")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,  # own session, own process group: cancel reaches the children
+                limit=self.max_line_bytes,
+            )
+        except OSError as exc:
+            names_cwd = exc.filename is not None and os.fsdecode(exc.filename) == os.fsdecode(self.cwd)
+            if names_cwd or exc.errno not in _NOT_RUNNABLE:
+                raise
+            reason = "not found" if exc.errno == errno.ENOENT else f"cannot be executed ({exc.strerror})"
+            raise AgentNotFound(self.argv[0], reason) from exc
+        return self
+
+    async def __aenter__(self) -> AgentProcess:
+        if self._proc is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Kill whatever is left of the process group and reap the agent (bounded). Safe to call twice."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None or self._group_alive():
+            self.kill()
+        waiter = asyncio.ensure_future(proc.wait())  # also waits for the pipes to close
+        try:
+            await asyncio.wait({waiter}, timeout=_REAP_TIMEOUT)
+        finally:
+            waiter.cancel()
+        if not waiter.done():  # a process that left the group still holds a pipe: let go of it
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+
+    # --------------------------------------------------------------------------------------- inspection
+
+    @property
+    def pid(self) -> int:
+        """The agent's pid, which is also its process group id."""
+        return self._started().pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The raw return code once the agent has exited (negative: the signal that ended it), else None."""
+        return self._started().returncode
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    async def lines(self) -> AsyncIterator[tuple[str, str]]:
+        """Yield ``(stream, line)`` from stdout and stderr as they come, each stream in its own order.
+
+        Lines are decoded as UTF-8 (invalid bytes become U+FFFD, NUL too) and lose their ``\\n`` / ``\\r\\n``.
+        Ends when both pipes close, or, when a process the agent left behind keeps them open, once the agent
+        has exited and the pipes stay silent for ``drain_timeout`` seconds. It can be iterated once.
+        """
+        proc = self._started()
+        if self._lines_taken:
+            raise RuntimeError("lines() can be iterated only once")
+        self._lines_taken = True
+        assert proc.stdout is not None and proc.stderr is not None
+        queue: asyncio.Queue[tuple[str, str] | _End] = asyncio.Queue(maxsize=_QUEUE_SIZE)
+        pumps = [
+            asyncio.create_task(self._pump("stdout", proc.stdout, queue)),
+            asyncio.create_task(self._pump("stderr", proc.stderr, queue)),
+        ]
+        getter: asyncio.Future[tuple[str, str] | _End] | None = None
+        open_streams = len(pumps)
+        try:
+            # Each pass takes one item, or waits at most _POLL while the agent runs (its exit matters because
+            # asyncio's own wait() also waits for the pipes), or ends after drain_timeout once it has exited.
+            while open_streams:
+                if getter is None and not queue.empty():
+                    item = queue.get_nowait()
+                else:
+                    getter = getter or asyncio.ensure_future(queue.get())
+                    running = proc.returncode is None
+                    done, _ = await asyncio.wait({getter}, timeout=_POLL if running else self.drain_timeout)
+                    if not done:
+                        if running:
+                            continue
+                        break
+                    item, getter = getter.result(), None
+                if isinstance(item, _End):
+                    open_streams -= 1
+                    if item.error is not None:
+                        raise item.error
+                    continue
+                yield item
+        finally:
+            if getter is not None:
+                getter.cancel()
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _pump(self, name: str, reader: asyncio.StreamReader, queue: asyncio.Queue) -> None:
+        error: BaseException | None = None
+        try:
+            while (line := await self._read_line(reader)) is not None:  # ends at EOF
+                await queue.put((name, line))
+        except Exception as exc:  # handed to the consumer, raised from lines()
+            error = exc
+        await queue.put(_End(name, error))
+
+    async def _read_line(self, reader: asyncio.StreamReader) -> str | None:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # EOF: a last line without newline, or nothing
+            if not exc.partial:
+                return None
+            raw = exc.partial
+        except asyncio.LimitOverrunError:
+            return await self._read_long_line(reader)
+        return _decode(raw.removesuffix(b"\n").removesuffix(b"\r"))
+
+    async def _read_long_line(self, reader: asyncio.StreamReader) -> str:
+        # The buffer holds more than max_line_bytes bytes and none of the first max_line_bytes is a newline.
+        head = await reader.read(self.max_line_bytes)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(head, final=False)  # holds back a character cut in half
+        dropped = len(decoder.getstate()[0])
+        while True:  # each pass consumes buffered bytes; ends at the newline or at EOF
+            try:
+                rest = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                dropped += len(exc.partial)
+                break
+            except asyncio.LimitOverrunError as exc:
+                dropped += len(await reader.read(max(exc.consumed, 1)))
+                continue
+            dropped += len(rest.removesuffix(b"\n").removesuffix(b"\r"))
+            break
+        return text.replace("\x00", "\ufffd") + f" …[truncated {dropped} bytes]"
+
+    # ---------------------------------------------------------------------------------- waiting, signals
+
+    async def wait(self) -> int | None:
+        """Wait for the agent to exit: its exit code, or None when a signal ended it.
+
+        Unbounded by itself: bound it with ``asyncio.timeout`` or use ``run``. Unlike asyncio's
+        ``Process.wait`` it does not wait for the pipes, which a process the agent left behind may hold.
+        """
+        code = await self._wait_exit()
+        return None if code < 0 else code
+
+    async def _wait_exit(self) -> int:
+        proc = self._started()
+        if proc.returncode is not None:
+            return proc.returncode
+        waiter = asyncio.ensure_future(proc.wait())
+        try:
+            while proc.returncode is None and not waiter.done():  # polls until the exit; callers bound it
+                await asyncio.wait({waiter}, timeout=_POLL)
+        finally:
+            waiter.cancel()
+        assert proc.returncode is not None
+        return proc.returncode
+
+    async def cancel(self, grace: float = DEFAULT_GRACE) -> None:
+        """SIGTERM to the process group; SIGKILL to it if any of it is still alive ``grace`` seconds later.
+
+        Returns once the group is gone, or after the SIGKILL once the agent has been reaped (bounded).
+        """
+        proc = self._started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, grace)
+        self._signal_group(signal.SIGTERM)
+        while (remaining := deadline - loop.time()) > 0:  # bounded by grace
+            if proc.returncode is not None and not self._group_alive():
+                return
+            await asyncio.sleep(min(_POLL, remaining))
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_exit(), _REAP_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group, at once."""
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        proc = self._started()
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # e.g. macOS refuses a group of zombies: signal the agent alone
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self._started().pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    # ------------------------------------------------------------------------------------ the whole run
+
+    async def run(
+        self,
+        on_line: Callable[[str, str], Awaitable[object]],
+        *,
+        time_limit: float | None = None,
+        cancel_event: asyncio.Event | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> RunOutcome:
+        """Feed every line to ``on_line`` until the agent ends, then report how it ended.
+
+        When ``time_limit`` seconds pass (``runner.timeout``) or ``cancel_event`` is set (``cancelTask``), the
+        group gets ``cancel(grace)`` and the lines printed meanwhile are still delivered. The result says
+        ``timed_out`` or ``cancelled``; ``exit_code`` is what the agent returned, None when a signal ended it.
+        (The parameter is not called ``timeout``: reaching it does not abort the call, it cancels the agent.)
+        """
+        proc = self._started()
+        reasons: list[str] = []
+        watchdog = asyncio.create_task(self._watchdog(time_limit, cancel_event, grace, reasons))
+        try:
+            async with contextlib.aclosing(self.lines()) as lines:
+                async for stream, line in lines:
+                    await on_line(stream, line)
+            exited = asyncio.ensure_future(self._wait_exit())
+            try:
+                await asyncio.wait({exited, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+                if reasons:
+                    await watchdog  # bounded: cancel() takes at most grace + _REAP_TIMEOUT
+                if not exited.done():
+                    await asyncio.wait({exited}, timeout=_REAP_TIMEOUT)
+            finally:
+                exited.cancel()
+        finally:
+            if not watchdog.done():
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+        code = proc.returncode
+        return RunOutcome(
+            exit_code=None if code is None or code < 0 else code,
+            timed_out=reasons == ["timeout"],
+            cancelled=reasons == ["cancel"],
+        )
+
+    async def _watchdog(
+        self, time_limit: float | None, cancel_event: asyncio.Event | None, grace: float, reasons: list[str]
+    ) -> None:
+        proc = self._started()
+        loop = asyncio.get_running_loop()
+        requested = asyncio.ensure_future(cancel_event.wait() if cancel_event else loop.create_future())
+        try:
+            done, _ = await asyncio.wait({requested}, timeout=time_limit)
+        finally:
+            requested.cancel()
+        if proc.returncode is not None:  # it ended on its own; only leftovers may still hold the pipes
+            self.kill()
+            return
+        reasons.append("cancel" if done else "timeout")
+        await self.cancel(grace)
+
+    def _started(self) -> asyncio.subprocess.Process:
+        if self._proc is None:
+            raise RuntimeError("the agent process has not been started")
+        return self._proc
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")

@@ -1,0 +1,169 @@
+"""GraphQL types and root fields for tasks and their log lines."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated
+
+import strawberry
+from strawberry.scalars import JSON
+
+from aicm import models, resolvers
+from aicm.schema.context import Info
+from aicm.schema.permissions import IsAuthenticated
+from aicm.schema.relay import Connection, connection, decode_id, encode_id
+from aicm.schema.users import User
+
+if TYPE_CHECKING:
+    from aicm.schema.projects import Project
+
+
+@strawberry.enum
+class TaskStatus(Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+@strawberry.type
+class TaskLogLine:
+    seq: int
+    at: datetime
+    stream: str = strawberry.field(description="stdout, stderr, or system for lines the server adds")
+    kind: str = strawberry.field(
+        description="The JSON line's type (system, assistant, user, result), else text"
+    )
+    text: str | None
+    data: JSON | None
+
+    @classmethod
+    def from_model(cls, line: models.TaskLog) -> TaskLogLine:
+        return cls(
+            seq=line.seq, at=line.at, stream=line.stream, kind=line.kind, text=line.text, data=line.data
+        )
+
+
+@strawberry.type
+class Task:
+    id: strawberry.ID
+    prompt: str
+    status: TaskStatus
+    exit_code: int | None
+    error: str | None
+    cost_usd: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    pk: strawberry.Private[int]
+    project_pk: strawberry.Private[int]
+    creator_pk: strawberry.Private[int | None]
+    parent_pk: strawberry.Private[int | None]
+
+    @classmethod
+    def from_model(cls, task: models.Task) -> Task:
+        return cls(
+            id=encode_id("Task", task.id),
+            prompt=task.prompt,
+            status=TaskStatus(task.status),
+            exit_code=task.exit_code,
+            error=task.error,
+            cost_usd=task.cost_usd,
+            created_at=task.created_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+            pk=task.id,
+            project_pk=task.project_id,  # type: ignore[attr-defined]
+            creator_pk=task.created_by_id,  # type: ignore[attr-defined]
+            parent_pk=task.parent_id,
+        )
+
+    @strawberry.field
+    async def project(self, info: Info) -> Annotated[Project, strawberry.lazy("aicm.schema.projects")]:
+        from aicm.schema.projects import Project  # imported late: Project.tasks refers back to Task
+
+        return Project.from_model(await info.context.loaders.project_by_id.load(self.project_pk))
+
+    @strawberry.field
+    async def created_by(self, info: Info) -> User | None:
+        if self.creator_pk is None:
+            return None
+        user = await info.context.loaders.user_by_id.load(self.creator_pk)
+        return User.from_model(user) if user else None
+
+    @strawberry.field(description="The task this one follows up, when it is a follow-up.")
+    def parent_id(self) -> strawberry.ID | None:
+        return encode_id("Task", self.parent_pk) if self.parent_pk else None
+
+    @strawberry.field(description="Stored log lines with seq > afterSeq, oldest first.")
+    async def logs(self, info: Info, after_seq: int = 0, first: int = 100) -> list[TaskLogLine]:
+        task = await resolvers.tasks.get_task(info.context.viewer, self.pk)
+        return [
+            TaskLogLine.from_model(line)
+            for line in await resolvers.tasks.task_logs(task, after_seq=after_seq, first=first)
+        ]
+
+
+@strawberry.input
+class CreateTaskInput:
+    project_id: strawberry.ID
+    prompt: str
+
+
+def _task_id(value: strawberry.ID) -> int:
+    return decode_id(value, "Task")
+
+
+@strawberry.type
+class TaskQueries:
+    @strawberry.field(permission_classes=[IsAuthenticated])
+    async def task(self, info: Info, id: strawberry.ID) -> Task:
+        return Task.from_model(await resolvers.tasks.get_task(info.context.viewer, _task_id(id)))
+
+    @strawberry.field(permission_classes=[IsAuthenticated], description="Newest first.")
+    async def tasks(
+        self,
+        info: Info,
+        project_id: strawberry.ID | None = None,
+        status: TaskStatus | None = None,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> Connection[Task]:
+        page = await resolvers.tasks.list_tasks(
+            info.context.viewer,
+            project_id=decode_id(project_id, "Project", field="projectId") if project_id else None,
+            status=models.TaskStatus(status.value) if status else None,
+            first=first,
+            after=after,
+        )
+        return connection(page, Task.from_model)
+
+
+@strawberry.type
+class TaskMutations:
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def create_task(self, info: Info, input: CreateTaskInput) -> Task:
+        task = await resolvers.tasks.create_task(
+            info.context.viewer,
+            info.context.runtime.dispatcher,
+            project_id=decode_id(input.project_id, "Project", field="projectId"),
+            prompt=input.prompt,
+        )
+        return Task.from_model(task)
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def cancel_task(self, info: Info, id: strawberry.ID) -> Task:
+        task = await resolvers.tasks.cancel_task(
+            info.context.viewer, info.context.runtime.dispatcher, _task_id(id)
+        )
+        return Task.from_model(task)
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def follow_up_task(self, info: Info, id: strawberry.ID, prompt: str) -> Task:
+        task = await resolvers.tasks.follow_up_task(
+            info.context.viewer, info.context.runtime.dispatcher, _task_id(id), prompt=prompt
+        )
+        return Task.from_model(task)
