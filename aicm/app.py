@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
@@ -17,6 +18,9 @@ from aicm.config import Settings, load_settings
 from aicm.db import tortoise_config
 from aicm.http import health
 from aicm.http.graphql import GraphQLApp
+from aicm.http.middleware.access_log import AccessLogMiddleware
+from aicm.http.middleware.request_id import RequestIdMiddleware
+from aicm.logs import configure_logging
 from aicm.resolvers.auth import AuthServices
 from aicm.resolvers.unit_of_work import set_publisher
 from aicm.runner.dispatch import LocalDispatcher
@@ -64,9 +68,16 @@ def build_app(settings: Settings) -> Starlette:
         routes += [Route(path, health.health), Route(f"{path}/detailed", health.health_detailed)]
     graphql = GraphQLApp(settings)
     routes += [Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [
+        # Outermost first: every later layer (and its log lines) sees the request id.
+        Middleware(RequestIdMiddleware),
+        Middleware(AccessLogMiddleware),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
 def create_app() -> Starlette:
     """Entry point for uvicorn workers (``--workers N``): settings from the config file and environment."""
-    return build_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.logging)
+    return build_app(settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -100,38 +101,42 @@ def _create_admin(settings: Settings, email: str, password: str) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from aicm.logs import configure_logging, log_config
+
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     workers = args.workers or settings.server.workers
     if workers > 1 and not settings.redis.enabled:
         print("serve: --workers > 1 needs Redis (sessions and live events must be shared)", file=sys.stderr)
         return 1
+    try:
+        configure_logging(settings.logging)
+    except OSError as exc:
+        print(f"serve: cannot open the log file: {exc}", file=sys.stderr)
+        return 1
     if settings.auto_migrate:
         _migrate(settings)
-    print(f"AICode Manager {__version__} serving GraphQL at http://{host}:{port}/graphql", flush=True)
+    url = f"http://{host}:{port}/graphql"
+    logging.getLogger("aicm").info(
+        f"AICode Manager {__version__} serving GraphQL at {url}",
+        extra={"event": "server_started", "url": url},
+    )
+    options = {
+        "host": host,
+        "port": port,
+        "timeout_keep_alive": int(settings.server.idle_timeout),
+        "log_config": log_config(),
+        "access_log": False,  # our access log has the contract's fields and no query strings
+    }
     if workers > 1:
         # Worker processes load the same settings: point them at the same file.
         if settings.config_path:
             os.environ["AICLI_CONFIG"] = str(settings.config_path)
-        uvicorn.run(
-            "aicm.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            timeout_keep_alive=int(settings.server.idle_timeout),
-            log_level="warning",
-        )
+        uvicorn.run("aicm.app:create_app", factory=True, workers=workers, **options)
         return 0
     from aicm.app import build_app
 
-    uvicorn.run(
-        build_app(settings),
-        host=host,
-        port=port,
-        timeout_keep_alive=int(settings.server.idle_timeout),
-        log_level="warning",
-    )
+    uvicorn.run(build_app(settings), **options)
     return 0
 
 

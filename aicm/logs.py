@@ -91,8 +91,9 @@ _MAX_DEPTH = 8
 _SENSITIVE = r"passw(?:or)?d|secret|token|authorization|cookie|api[_-]?key|refresh|private[_-]?key"
 _SENSITIVE_KEY = re.compile(_SENSITIVE, re.IGNORECASE)
 # key=value, key: value, "key": "value", 'key': 'value' inside free text (query strings, reprs, JSON dumps).
+# Keys start at a word boundary and are taken whole (possessive ++), so scanning stays linear in the text.
 _KEY_VALUE = re.compile(
-    rf"(?P<key>(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]*?(?:{_SENSITIVE})[A-Za-z0-9_.-]*)"
+    rf"(?P<key>(?<![A-Za-z0-9_.-])(?=[A-Za-z0-9_.-]*?(?:{_SENSITIVE}))[A-Za-z0-9_.-]++)"
     r"(?P<sep>[\"']?\s*[:=]\s*)"
     r"(?P<value>\[REDACTED\]|\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'"
     r"|(?:(?:bearer|basic)\s+)?(?:\[REDACTED\]|[^\s&,;\"'}\])]+))",

@@ -14,6 +14,7 @@ from aicm.auth.viewer import Viewer, load_viewer
 from aicm.resolvers.auth import session_check
 from aicm.resolvers.loaders import Loaders
 from aicm.runtime import Runtime
+from aicm.schema.relay import encode_id
 
 
 @dataclass
@@ -47,4 +48,5 @@ async def viewer_from_authorization(
     await session_check(runtime.auth, claims.session_id)
     viewer = await load_viewer(claims.user_id, claims.session_id, ip, user_agent)
     await runtime.auth.sessions.touch(claims.session_id, ip, user_agent)
+    request.state.user_id = encode_id("User", claims.user_id)  # the access log's user_id
     return viewer

@@ -256,7 +256,7 @@ async def test_close_ends_subscriptions_and_leaves_no_tasks(kind: str, prefix: s
 
 
 async def test_lost_redis_is_reconnected_and_subscribers_hear_missed(
-    owned_redis: OwnedRedis, prefix: str
+    owned_redis: OwnedRedis, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # given
     a, b, c = prefix + "a", prefix + "b", prefix + "c"
@@ -273,6 +273,7 @@ async def test_lost_redis_is_reconnected_and_subscribers_hear_missed(
         with pytest.raises(PublishError):
             await broker.publish(a, {"n": 2})
         async with broker.subscribe([c]) as joined_meanwhile:
+            await asyncio.sleep(0.5)  # a few reconnect attempts fail meanwhile
             await owned_redis.start()
             # then
             for sub in (both, one, joined_meanwhile):
@@ -287,6 +288,10 @@ async def test_lost_redis_is_reconnected_and_subscribers_hear_missed(
             assert [await next_item(both), await next_item(both)] == [Event(a, {"n": 3}), Event(b, {"n": 4})]
             assert await next_item(one) == Event(b, {"n": 4})
             assert await next_item(joined_meanwhile) == Event(c, {"n": 5})
+            # the retries backed off exponentially (0.05 s doubling, capped at 0.2 s here)
+            delays = [r.args[0] for r in caplog.records if getattr(r, "event", "") == "broker_connect_failed"]
+            assert delays[:3] == [0.1, 0.2, 0.2]
+            assert set(delays) <= {0.1, 0.2}
             inspector = Redis.from_url(owned_redis.url, decode_responses=True)
             try:
                 assert await server_channels(inspector, prefix) == {a, b, c}
