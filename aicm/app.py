@@ -16,7 +16,7 @@ from aicm.auth.sessions import make_session_store
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings, load_settings
 from aicm.db import tortoise_config
-from aicm.http import health
+from aicm.http import health, oauth
 from aicm.http.graphql import GraphQLApp
 from aicm.http.middleware.access_log import AccessLogMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
@@ -68,6 +68,7 @@ def build_app(settings: Settings) -> Starlette:
         routes += [Route(path, health.health), Route(f"{path}/detailed", health.health_detailed)]
     graphql = GraphQLApp(settings)
     routes += [Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql)]
+    routes += oauth.routes(settings)
     middleware = [
         # Outermost first: every later layer (and its log lines) sees the request id.
         Middleware(RequestIdMiddleware),

@@ -116,6 +116,10 @@ class OAuthProviderConfig:
     redirect_url: str = ""
     server_metadata_url: str = ""  # OpenID discovery document (generic OIDC providers)
     scopes: list[str] = field(default_factory=list)
+    # Endpoint overrides, e.g. GitHub Enterprise; empty = the provider's own (or its discovery document's)
+    authorize_url: str = ""
+    token_url: str = ""
+    api_base_url: str = ""  # GitHub: the REST API root serving /user and /user/emails
 
 
 @dataclass
@@ -181,6 +185,8 @@ class AuthConfig:
     max_failed_logins: int = 5
     lockout_duration: float = 900.0
     max_sessions_per_user: int = 10
+    # Where the OAuth callback sends the browser, tokens in the URL fragment; empty = answer JSON
+    frontend_url: str = ""
 
 
 @dataclass
@@ -202,6 +208,7 @@ class GraphQLConfig:
     graphiql: bool | None = None  # likewise
     legacy_ws_protocol: bool = False
     max_body_bytes: int = 1_048_576
+    max_subscriptions_per_connection: int = 20
 
 
 @dataclass
@@ -390,6 +397,9 @@ def _validate(s: Settings) -> list[str]:
             problems.append(
                 f"oauth.{name}.server_metadata_url: required for providers other than google, github"
             )
+        for key in _OAUTH_URL_FIELDS:
+            if problem := _http_url_problem(getattr(provider, key), production=s.is_production):
+                problems.append(f"oauth.{name}.{key}: {problem}")
 
     rate, cors = s.security.rate_limit, s.security.cors
     positive("security.rate_limit.requests_per_second", rate.requests_per_second)
@@ -414,10 +424,18 @@ def _validate(s: Settings) -> list[str]:
 
     at_least("auth.max_failed_logins", s.auth.max_failed_logins, 1)
     at_least("auth.max_sessions_per_user", s.auth.max_sessions_per_user, 1)
+    if problem := _frontend_url_problem(s.auth.frontend_url, production=s.is_production):
+        problems.append(f"auth.frontend_url: {problem}")
     if not s.runner.command or not s.runner.command[0]:
         problems.append("runner.command: must be a non-empty list of strings")
     at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
-    for key in ("max_depth", "max_aliases", "max_tokens", "max_body_bytes"):
+    for key in (
+        "max_depth",
+        "max_aliases",
+        "max_tokens",
+        "max_body_bytes",
+        "max_subscriptions_per_connection",
+    ):
         at_least(f"graphql.{key}", getattr(s.graphql, key), 1)
 
     if s.is_production:
@@ -431,6 +449,45 @@ def _validate(s: Settings) -> list[str]:
         if "*" in cors.allowed_origins:
             problems.append("security.cors.allowed_origins: '*' is not allowed in production")
     return problems
+
+
+_OAUTH_URL_FIELDS = ("redirect_url", "server_metadata_url", "authorize_url", "token_url", "api_base_url")
+
+
+def _http_url_problem(url: str, *, production: bool) -> str | None:
+    """Empty is fine; else an absolute http(s) URL, https in production unless the host is loopback."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        return f"expected an absolute http(s) URL, got {url!r}"
+    if production and parts.scheme == "http" and not _p.is_loopback(host):
+        return "must use https in production"
+    return None
+
+
+def _frontend_url_problem(url: str, *, production: bool) -> str | None:
+    """Empty is fine; else an absolute URL (a custom scheme is fine for apps) without a fragment."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", parts.scheme or ""):
+        return f"expected an absolute URL, got {url!r}"
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        return f"expected an absolute URL, got {url!r}"
+    if parts.fragment or url.endswith("#"):
+        return "must not contain a fragment (the tokens go there)"
+    if production and parts.scheme == "http" and not _p.is_loopback(parts.hostname or ""):
+        return "must use https in production"
+    return None
 
 
 def _database_host(db: DatabaseConfig) -> str | None:

@@ -7,13 +7,16 @@ services half skips, unless ``AICM_REQUIRE_SERVICES=1`` turns the skip into a fa
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from tortoise import connections
 from tortoise.backends.base.executor import EXECUTOR_CACHE
@@ -21,6 +24,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from aicm.app import build_app
 from aicm.config import Settings, load_settings
 from aicm.db import apply_migrations
+from tests.servers import TEST_JWT_SECRET
 
 EMBEDDED, SERVICES = "embedded", "services"
 REQUIRE_SERVICES = os.environ.get("AICM_REQUIRE_SERVICES") == "1"
@@ -54,7 +58,7 @@ def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
     environ = {"APP_ENV": "test", **env}
     if backend == SERVICES:
         database_url, redis_url = require_services()
-        environ |= {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        environ |= {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET": TEST_JWT_SECRET}
     else:
         environ["DATABASE_URL"] = f"sqlite://{tmp / 'aicm.db'}"
     settings = load_settings(None, environ=environ, cwd=tmp)
@@ -119,6 +123,27 @@ async def db(app: Starlette, backend: Backend) -> AsyncIterator[None]:
     runtime = app.state.runtime
     if runtime.redis is not None:
         await runtime.redis.flushdb()
+
+
+@pytest.fixture(scope="session")
+async def server_url(app: Starlette) -> AsyncIterator[str]:
+    """The session's app served by uvicorn on a loopback port (for WebSocket clients); lifespan already runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_config=None, ws="websockets-sansio"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.025)
+    assert server.started, "uvicorn did not start"
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(serving, 10)
 
 
 @pytest.fixture

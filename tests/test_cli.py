@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import require_services
+from tests.servers import CLI, clean_env, serve
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CLI = [sys.executable, "-m", "aicm.cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The process environment without anything that would change which config the CLI loads."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AICM_", "AICLI_"))}
-    for key in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "APP_ENV", "LOG_LEVEL"):
-        env.pop(key, None)
-    return env | extra
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None):
@@ -39,12 +26,6 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: st
         text=True,
         timeout=60,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_version_prints_and_exits_zero(tmp_path: Path) -> None:
@@ -116,39 +97,8 @@ def test_serve_with_many_workers_needs_redis(tmp_path: Path) -> None:
     assert "Redis" in result.stderr
 
 
-def _serve(args: list[str], cwd: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        else:
-            pytest.fail("server did not answer /health within 30 s")
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def test_serve_runs_the_embedded_default_with_no_config(tmp_path: Path) -> None:
-    for base in _serve([], tmp_path, clean_env()):
+    with serve(tmp_path, clean_env()) as base:
         health = httpx.get(f"{base}/health").json()
         assert health["services"]["redis"] == "embedded"
         answer = httpx.post(f"{base}/graphql", json={"query": "{ me { id } }"})
@@ -164,7 +114,7 @@ def test_serve_runs_the_embedded_default_with_no_config(tmp_path: Path) -> None:
 def test_serve_with_workers_on_postgres_and_redis(tmp_path: Path) -> None:
     database_url, redis_url = require_services()
     env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, JWT_SECRET="x" * 40)
-    for base in _serve(["--workers", "2"], tmp_path, env):
+    with serve(tmp_path, env, "--workers", "2") as base:
         health = httpx.get(f"{base}/health").json()
         assert health == {**health, "status": "healthy"}
         assert health["services"] == {"database": "healthy", "redis": "healthy", "auth": "healthy"}

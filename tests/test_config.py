@@ -501,6 +501,23 @@ VALIDATION_CASES = [
     ("graphql: {max_body_bytes: 0}", "graphql.max_body_bytes: must be at least 1"),
     ("oauth: {google: {client_secret: x}}", "oauth.google.client_id: must not be empty"),
     ("oauth: {okta: {client_id: x}}", "oauth.okta.server_metadata_url: required for providers other than"),
+    (
+        "oauth: {github: {client_id: x, token_url: 'github.example.com/token'}}",
+        "oauth.github.token_url: expected an absolute http(s) URL, got 'github.example.com/token'",
+    ),
+    (
+        "oauth: {okta: {client_id: x, server_metadata_url: 'ftp://sso.example/.well-known'}}",
+        "oauth.okta.server_metadata_url: expected an absolute http(s) URL",
+    ),
+    (
+        "oauth: {google: {client_id: x, redirect_url: '/cb'}}",
+        "oauth.google.redirect_url: expected an absolute",
+    ),
+    ("auth: {frontend_url: 'app.example.com'}", "auth.frontend_url: expected an absolute URL"),
+    (
+        "auth: {frontend_url: 'https://app.example.com/#/login'}",
+        "auth.frontend_url: must not contain a fragment",
+    ),
 ]
 
 
@@ -527,6 +544,10 @@ def test_url_problems_never_echo_credentials(tmp_path):
         "database: {url: 'postgresql://u@h/db'}",
         "redis: {url: 'unix:///run/redis.sock'}",
         "oauth: {github: {client_id: x}}",
+        "oauth: {github: {client_id: x, authorize_url: 'https://ghe.example/login/oauth/authorize', token_url: 'https://ghe.example/login/oauth/access_token', api_base_url: 'https://ghe.example/api/v3/'}}",
+        "oauth: {dev: {client_id: x, server_metadata_url: 'http://127.0.0.1:5556/.well-known/openid-configuration'}}",
+        "auth: {frontend_url: 'https://app.example.com/signed-in'}",
+        "auth: {frontend_url: 'aicm-app://oauth'}",
     ],
 )
 def test_valid_values_pass(tmp_path, text):
@@ -608,6 +629,34 @@ def test_production_database_url_override_is_checked(tmp_path):
     env = {**PROD, "DATABASE_URL": "postgres://u:p@db.example.com/x"}
     problems = problems_of(tmp_path, "database: {ssl_mode: disable}\n", env)
     assert problems[0].startswith("database.ssl_mode:") and "db.example.com" in problems[0]
+
+
+def test_production_needs_https_for_oauth_and_frontend_urls_except_on_loopback(tmp_path):
+    text = """
+    jwt: {secret: "0123456789abcdef0123456789abcdef"}
+    oauth:
+      okta: {client_id: x, server_metadata_url: "http://sso.example/.well-known/openid-configuration"}
+      dev: {client_id: x, server_metadata_url: "http://127.0.0.1:5556/.well-known/openid-configuration"}
+    auth: {frontend_url: "http://app.example"}
+    """
+    problems = problems_of(tmp_path, text, {"APP_ENV": "production"})
+    assert "oauth.okta.server_metadata_url: must use https in production" in problems
+    assert "auth.frontend_url: must use https in production" in problems
+    assert not any(p.startswith("oauth.dev.") for p in problems)
+
+
+def test_oauth_endpoint_overrides_and_frontend_url_load(tmp_path):
+    s = load(
+        tmp_path,
+        """
+        oauth:
+          github: {client_id: x, api_base_url: "https://ghe.example/api/v3/"}
+        auth: {frontend_url: "https://app.example/signed-in"}
+        """,
+    )
+    assert s.oauth["github"].api_base_url == "https://ghe.example/api/v3/"
+    assert s.oauth["github"].authorize_url == "" and s.oauth["github"].token_url == ""
+    assert s.auth.frontend_url == "https://app.example/signed-in"
 
 
 def test_production_forbids_wildcard_cors(tmp_path):

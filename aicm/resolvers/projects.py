@@ -228,7 +228,7 @@ async def add_project_member(
         )
         await uow.audit("project.add_member", project, user_id=user.id, role=role.name)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_ADDED, project, user.id, viewer)
+            channels.project(project.id), events.member_event(events.MEMBER_ADDED, project, member, viewer)
         )
     return member
 
@@ -256,7 +256,7 @@ async def update_project_member(
             await _keep_owner_pointer(uow, project, user_id)
         await uow.audit("project.update_member", project, user_id=user_id, role=role.name, previous=previous)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_UPDATED, project, user_id, viewer)
+            channels.project(project.id), events.member_event(events.MEMBER_UPDATED, project, member, viewer)
         )
     return member
 
@@ -273,6 +273,6 @@ async def remove_project_member(viewer: Viewer, project_id: int, user_id: int) -
         await _keep_owner_pointer(uow, project, user_id)
         await uow.audit("project.remove_member", project, user_id=user_id, role=member.role.name)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_REMOVED, project, user_id, viewer)
+            channels.project(project.id), events.member_event(events.MEMBER_REMOVED, project, member, viewer)
         )
     return True

@@ -9,16 +9,18 @@ from aicm.config import Settings
 from aicm.schema.audit import AuditQueries
 from aicm.schema.auth import AuthMutations, AuthQueries
 from aicm.schema.errors import Schema
+from aicm.schema.oauth import OAuthMutations, OAuthQueries
 from aicm.schema.projects import ProjectMutations, ProjectQueries
 from aicm.schema.roles import RoleMutations, RoleQueries
+from aicm.schema.subscriptions import Subscription
 from aicm.schema.tasks import TaskMutations, TaskQueries
 from aicm.schema.users import UserMutations, UserQueries
 
 Query = merge_types(
-    "Query", (UserQueries, AuthQueries, ProjectQueries, TaskQueries, RoleQueries, AuditQueries)
+    "Query", (UserQueries, AuthQueries, ProjectQueries, TaskQueries, RoleQueries, AuditQueries, OAuthQueries)
 )
 Mutation = merge_types(
-    "Mutation", (AuthMutations, UserMutations, ProjectMutations, TaskMutations, RoleMutations)
+    "Mutation", (AuthMutations, UserMutations, ProjectMutations, TaskMutations, RoleMutations, OAuthMutations)
 )
 
 
@@ -28,4 +30,4 @@ def build_schema(settings: Settings) -> Schema:
         lambda: ParserCache(maxsize=1024),
         lambda: ValidationCache(maxsize=1024),
     ]
-    return Schema(query=Query, mutation=Mutation, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)

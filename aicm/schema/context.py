@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.types import Info as StrawberryInfo
 
-from aicm.auth.tokens import bearer_token
+from aicm.auth.tokens import AccessClaims, bearer_token
 from aicm.auth.viewer import Viewer, load_viewer
 from aicm.resolvers.auth import session_check
 from aicm.resolvers.loaders import Loaders
@@ -24,6 +26,13 @@ class Context:
     runtime: Runtime
     viewer: Viewer
     loaders: Loaders = field(default_factory=Loaders)
+    connection_params: dict[str, Any] | None = None  # the WebSocket connection_init payload
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def close_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
 
     @property
     def request_id(self) -> str | None:
@@ -40,11 +49,16 @@ def client_ip(request: Request | WebSocket) -> str | None:
 async def viewer_from_authorization(
     runtime: Runtime, authorization: str | None, request: Request | WebSocket
 ) -> Viewer:
+    """The caller of a request; anonymous without a token, ``Unauthenticated`` for a bad or ended one."""
     ip, user_agent = client_ip(request), request.headers.get("user-agent")
     token = bearer_token(authorization)
     if token is None:
         return Viewer(ip=ip, user_agent=user_agent)
-    claims = runtime.tokens.decode_access(token)
+    return await viewer_from_claims(runtime, runtime.tokens.decode_access(token), request)
+
+
+async def viewer_from_claims(runtime: Runtime, claims: AccessClaims, request: Request | WebSocket) -> Viewer:
+    ip, user_agent = client_ip(request), request.headers.get("user-agent")
     await session_check(runtime.auth, claims.session_id)
     viewer = await load_viewer(claims.user_id, claims.session_id, ip, user_agent)
     await runtime.auth.sessions.touch(claims.session_id, ip, user_agent)

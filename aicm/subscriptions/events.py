@@ -33,8 +33,16 @@ def project_event(kind: str, project: models.Project, viewer: Viewer, **extra: A
     return {"type": kind, "project_id": project.id, "actor_id": viewer.user_id, "at": _now(), **extra}
 
 
-def member_event(kind: str, project: models.Project, user_id: int, viewer: Viewer) -> dict[str, Any]:
-    return project_event(kind, project, viewer, member_user_id=user_id)
+def member_event(
+    kind: str, project: models.Project, member: models.ProjectMember, viewer: Viewer
+) -> dict[str, Any]:
+    """Carries the membership itself, so that a removal can still say who left and with which role."""
+    details = {
+        "user_id": member.user_id,  # type: ignore[attr-defined]
+        "role_id": member.role_id,  # type: ignore[attr-defined]
+        "added_at": member.added_at.isoformat(),
+    }
+    return project_event(kind, project, viewer, member=details)
 
 
 def task_event(kind: str, task: models.Task, actor_id: int | None) -> dict[str, Any]:
