@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     migrate.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
 
+    worker = sub.add_parser("worker", help="run task executors only (tasks come from the Redis job queue)")
+    worker.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+
     admin = sub.add_parser("create-admin", help="create or promote a user with the admin role")
     admin.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     admin.add_argument("--email", required=True)
@@ -61,11 +64,13 @@ def _config_check(path: str | None) -> int:
     return 0
 
 
-def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, *, quiet: bool = False) -> int:
+    """Apply pending migrations; ``quiet`` when serving, whose output is JSON log lines only."""
     from aicm.db import apply_migrations
 
     applied = asyncio.run(apply_migrations(settings))
-    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    if not quiet:
+        print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
 
 
@@ -115,7 +120,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"serve: cannot open the log file: {exc}", file=sys.stderr)
         return 1
     if settings.auto_migrate:
-        _migrate(settings)
+        _migrate(settings, quiet=True)
     url = f"http://{host}:{port}/graphql"
     logging.getLogger("aicm").info(
         f"AICode Manager {__version__} serving GraphQL at {url}",
@@ -132,11 +137,32 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes load the same settings: point them at the same file.
         if settings.config_path:
             os.environ["AICLI_CONFIG"] = str(settings.config_path)
-        uvicorn.run("aicm.app:create_app", factory=True, workers=workers, **options)
+        from aicm.http.metrics import multiprocess_directory
+
+        # Metrics add up across workers: prometheus_client's multiprocess mode, one fresh directory per run.
+        with multiprocess_directory():
+            uvicorn.run("aicm.app:create_app", factory=True, workers=workers, **options)
         return 0
     from aicm.app import build_app
 
     uvicorn.run(build_app(settings), **options)
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    from aicm.logs import configure_logging
+    from aicm.runner.worker import run_worker
+
+    if not settings.redis.enabled:
+        print(
+            "worker: needs Redis (the job queue and live events): set redis.addr or REDIS_URL",
+            file=sys.stderr,
+        )
+        return 1
+    configure_logging(settings.logging)
+    if settings.auto_migrate:
+        _migrate(settings, quiet=True)
+    asyncio.run(run_worker(settings))
     return 0
 
 
@@ -152,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings, args)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "worker":
+        return _worker(settings)
     if args.command == "create-admin":
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
         return _create_admin(settings, args.email, password)

@@ -124,9 +124,13 @@ class OAuthProviderConfig:
 
 @dataclass
 class RateLimitConfig:
-    requests_per_second: float = 100.0
+    enabled: bool = True
+    requests_per_second: float = 100.0  # token bucket per client (the user when signed in, else the IP)
     burst_size: int = 200
-    window_size: float = 60.0
+    window_size: float = 60.0  # how long an idle client's bucket is remembered (at least its refill time)
+    # login, register, refreshToken and OAuth: a stricter bucket per IP and per email
+    auth_requests_per_minute: float = 10.0
+    auth_burst_size: int = 10
 
 
 @dataclass
@@ -139,9 +143,28 @@ class CORSConfig:
 
 
 @dataclass
+class HSTSConfig:
+    enabled: bool = False  # only when clients reach the server over TLS
+    max_age: int = 31_536_000
+    include_subdomains: bool = True
+    preload: bool = False
+
+
+@dataclass
+class RefreshCookieConfig:
+    """Browser clients: the refresh token in an HttpOnly cookie, guarded by a double-submit X-CSRF-Token."""
+
+    enabled: bool = False
+    secure: bool = True  # the Secure attribute; false only for http://localhost development
+    same_site: str = "strict"  # strict | lax
+
+
+@dataclass
 class SecurityConfig:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     cors: CORSConfig = field(default_factory=CORSConfig)
+    hsts: HSTSConfig = field(default_factory=HSTSConfig)
+    refresh_cookie: RefreshCookieConfig = field(default_factory=RefreshCookieConfig)
 
 
 @dataclass
@@ -165,6 +188,10 @@ class LoggingConfig:
 class MetricsConfig:
     enabled: bool = True
     path: str = "/metrics"
+    # Optional guards for /metrics (both must pass when both are set): scrapers send
+    # "Authorization: Bearer <bearer_token>"; allowed_ips lists the IPs/CIDRs that may scrape. Empty = open.
+    bearer_token: str = field(default="", repr=False)
+    allowed_ips: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -209,6 +236,12 @@ class GraphQLConfig:
     legacy_ws_protocol: bool = False
     max_body_bytes: int = 1_048_576
     max_subscriptions_per_connection: int = 20
+    max_cost: int = 10_000  # static cost: each field 1, a list field's selections times its `first`
+    suggestions: bool | None = None  # "Did you mean ...?" in errors; None: on, except in production
+    persisted_queries: str = "apq"  # off | apq (automatic persisted queries) | safelist (only the manifest's)
+    persisted_queries_manifest: str = ""  # safelist: a JSON manifest of the operations allowed
+    persisted_queries_ttl: float = 86_400.0  # apq: how long a stored query is kept in Redis
+    persisted_queries_cache_size: int = 1000  # apq without Redis: queries kept in the in-process LRU
 
 
 @dataclass
@@ -246,6 +279,11 @@ class Settings:
     def graphiql_enabled(self) -> bool:
         return self.graphql.graphiql if self.graphql.graphiql is not None else not self.is_production
 
+    @property
+    def suggestions_enabled(self) -> bool:
+        value = self.graphql.suggestions
+        return value if value is not None else not self.is_production
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -259,6 +297,7 @@ DURATION_FIELDS = frozenset(
         "jwt.access_token_duration",
         "jwt.refresh_token_duration",
         "security.rate_limit.window_size",
+        "graphql.persisted_queries_ttl",
         "auth.lockout_duration",
         "runner.timeout",
     }
@@ -404,6 +443,10 @@ def _validate(s: Settings) -> list[str]:
     rate, cors = s.security.rate_limit, s.security.cors
     positive("security.rate_limit.requests_per_second", rate.requests_per_second)
     positive("security.rate_limit.burst_size", rate.burst_size)
+    positive("security.rate_limit.auth_requests_per_minute", rate.auth_requests_per_minute)
+    positive("security.rate_limit.auth_burst_size", rate.auth_burst_size)
+    at_least("security.hsts.max_age", s.security.hsts.max_age, 0)
+    one_of("security.refresh_cookie.same_site", s.security.refresh_cookie.same_site, ("strict", "lax"))
     at_least("security.cors.max_age", cors.max_age, 0)
     for i, origin in enumerate(cors.allowed_origins):
         if origin != "*" and not _ORIGIN.fullmatch(origin):
@@ -421,6 +464,14 @@ def _validate(s: Settings) -> list[str]:
     for key in ("metrics", "health"):
         if not getattr(s.monitoring, key).path.startswith("/"):
             problems.append(f"monitoring.{key}.path: must start with '/'")
+    metrics = s.monitoring.metrics
+    if metrics.bearer_token and len(metrics.bearer_token) < 16:
+        problems.append("monitoring.metrics.bearer_token: must be at least 16 characters when set")
+    for i, network in enumerate(metrics.allowed_ips):
+        if not _p.is_network(network):
+            problems.append(
+                f"monitoring.metrics.allowed_ips[{i}]: expected an IP address or CIDR, got {network!r}"
+            )
 
     at_least("auth.max_failed_logins", s.auth.max_failed_logins, 1)
     at_least("auth.max_sessions_per_user", s.auth.max_sessions_per_user, 1)
@@ -429,14 +480,24 @@ def _validate(s: Settings) -> list[str]:
     if not s.runner.command or not s.runner.command[0]:
         problems.append("runner.command: must be a non-empty list of strings")
     at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
+    if not s.runner.embedded and not s.redis.enabled:
+        problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
     for key in (
         "max_depth",
         "max_aliases",
         "max_tokens",
         "max_body_bytes",
         "max_subscriptions_per_connection",
+        "max_cost",
+        "persisted_queries_cache_size",
     ):
         at_least(f"graphql.{key}", getattr(s.graphql, key), 1)
+    one_of("graphql.persisted_queries", s.graphql.persisted_queries, ("off", "apq", "safelist"))
+    manifest = s.graphql.persisted_queries_manifest
+    if s.graphql.persisted_queries == "safelist" and not manifest:
+        problems.append("graphql.persisted_queries_manifest: required when persisted_queries is safelist")
+    elif manifest and not Path(manifest).expanduser().is_file():
+        problems.append(f"graphql.persisted_queries_manifest: file not found: {manifest}")
 
     if s.is_production:
         if s.jwt.algorithm == "HS256" and len(s.jwt.secret) < 32:

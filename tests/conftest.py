@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,18 @@ EMBEDDED, SERVICES = "embedded", "services"
 REQUIRE_SERVICES = os.environ.get("AICM_REQUIRE_SERVICES") == "1"
 TEST_DATABASE_URL = os.environ.get("AICM_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("AICM_TEST_REDIS_URL", "")
+
+# The bundled demo agent stands in for the Claude CLI (the same interpreter, so it runs wherever tests run).
+DEMO_AGENT = [
+    sys.executable,
+    "-m",
+    "aicm.runner.demo_agent",
+    "-p",
+    "{prompt}",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+]
 
 # Child tables first: cleaning between tests must respect foreign keys.
 TABLES = [
@@ -64,6 +77,8 @@ def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
     settings = load_settings(None, environ=environ, cwd=tmp)
     settings.app.data_dir = str(tmp / "data")
     settings.runner.workspace_root = str(tmp / "workspaces")
+    settings.runner.command = DEMO_AGENT
+    settings.runner.env = {"AICM_DEMO_DELAY": "0"}
     return settings
 
 
@@ -114,6 +129,8 @@ async def _reset_services(settings: Settings) -> None:
 async def db(app: Starlette, backend: Backend) -> AsyncIterator[None]:
     """A clean database (built-in roles kept) and a clean Redis db for one test."""
     yield
+    if app.state.runtime.executor is not None:  # a test's agents must not outlive its rows
+        await app.state.runtime.executor.cancel_everything()
     conn = connections.get("default")
     for table in TABLES:
         await conn.execute_query(f'DELETE FROM "{table}"')

@@ -472,6 +472,11 @@ VALIDATION_CASES = [
     ("logging: {file: {max_age: 0}}", "logging.file.max_age: must be at least 1"),
     ("monitoring: {metrics: {path: metrics}}", "monitoring.metrics.path: must start with '/'"),
     ("monitoring: {health: {path: health}}", "monitoring.health.path: must start with '/'"),
+    ("monitoring: {metrics: {bearer_token: short}}", "monitoring.metrics.bearer_token: must be at least 16"),
+    (
+        "monitoring: {metrics: {allowed_ips: ['10.0.0.0/8', 'intranet']}}",
+        "monitoring.metrics.allowed_ips[1]: expected an IP address or CIDR, got 'intranet'",
+    ),
     (
         "security: {rate_limit: {requests_per_second: 0}}",
         "security.rate_limit.requests_per_second: must be greater",
@@ -494,6 +499,7 @@ VALIDATION_CASES = [
     ("runner: {command: ['']}", "runner.command: must be a non-empty list of strings"),
     ("runner: {command: claude}", "runner.command: expected a list, got 'claude'"),
     ("runner: {max_concurrent: 0}", "runner.max_concurrent: must be at least 1"),
+    ("runner: {embedded: false}", "runner.embedded: false needs Redis"),
     ("runner: {env: {A: [1]}}", "runner.env.A: expected a string"),
     ("graphql: {max_depth: 0}", "graphql.max_depth: must be at least 1"),
     ("graphql: {max_aliases: 0}", "graphql.max_aliases: must be at least 1"),
@@ -548,6 +554,7 @@ def test_url_problems_never_echo_credentials(tmp_path):
         "oauth: {dev: {client_id: x, server_metadata_url: 'http://127.0.0.1:5556/.well-known/openid-configuration'}}",
         "auth: {frontend_url: 'https://app.example.com/signed-in'}",
         "auth: {frontend_url: 'aicm-app://oauth'}",
+        "monitoring: {metrics: {bearer_token: 'a-scrape-token-of-32-characters!', allowed_ips: ['10.0.0.0/8', '::1']}}",
     ],
 )
 def test_valid_values_pass(tmp_path, text):

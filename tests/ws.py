@@ -34,6 +34,7 @@ class GraphQLWS:
             additional_headers=headers,
             origin=origin,  # type: ignore[arg-type]
             open_timeout=5,
+            close_timeout=2,
         )
         ws = cls(connection)
         if init:

@@ -29,34 +29,53 @@ async def _timed(check: Callable[[], Awaitable[Any]]) -> tuple[bool, float]:
     return ok, round((time.perf_counter() - start) * 1000, 2)
 
 
-async def _database() -> None:
+async def ping_database() -> None:
+    """``SELECT 1`` on the default connection (no timeout of its own)."""
     await connections.get("default").execute_query("SELECT 1")
 
 
 def database_pool() -> dict[str, int]:
-    """Sizes of the database connection pool (SQLite has one connection)."""
-    client = connections.get("default")
-    pool = getattr(client, "_pool", None)
-    if pool is None or not hasattr(pool, "get_size"):
-        return {"size": 1, "idle": 0, "max": 1}
-    return {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
+    """This process's database connections: ``size`` open, ``idle``, ``in_use`` and the pool's ``max``.
+
+    SQLite has one connection guarded by a lock: open while connected, in use while the lock is held.
+    """
+    try:
+        client = connections.get("default")
+    except Exception:  # Tortoise not initialised (yet, or any more)
+        return {"size": 0, "idle": 0, "in_use": 0, "max": 0}
+    if hasattr(client, "pool_maxsize"):  # PostgreSQL: the pool exists once the first query needed it
+        pool = getattr(client, "_pool", None)
+        if pool is None:
+            return {"size": 0, "idle": 0, "in_use": 0, "max": client.pool_maxsize}
+        size, idle = pool.get_size(), pool.get_idle_size()
+        return {"size": size, "idle": idle, "in_use": size - idle, "max": pool.get_max_size()}
+    opened = int(getattr(client, "_connection", None) is not None)
+    lock = getattr(client, "_lock", None)
+    busy = int(bool(opened and lock is not None and lock.locked()))
+    return {"size": opened, "idle": opened - busy, "in_use": busy, "max": 1}
+
+
+async def _ok() -> None:
+    return None
 
 
 async def check(runtime: Runtime) -> dict[str, Any]:
-    db_ok, db_ms = await _timed(_database)
+    """Both dependencies at once, each within ``CHECK_TIMEOUT``: a hung one cannot hold the answer longer."""
+    redis = runtime.redis
+    (db_ok, db_ms), (redis_ok, redis_ms) = await asyncio.gather(
+        _timed(ping_database), _timed(redis.ping if redis is not None else _ok)
+    )
     services: dict[str, str] = {"database": HEALTHY if db_ok else UNHEALTHY}
     latency: dict[str, float | None] = {"database": db_ms}
-    if runtime.redis is None:
+    if redis is None:
         services["redis"], latency["redis"] = EMBEDDED, None
-        redis_ok = True
     else:
-        redis_ok, latency["redis"] = await _timed(runtime.redis.ping)
-        services["redis"] = HEALTHY if redis_ok else UNHEALTHY
+        services["redis"], latency["redis"] = (HEALTHY if redis_ok else UNHEALTHY), redis_ms
     # auth = signing keys loaded and the session store (Redis when configured) reachable.
     services["auth"] = HEALTHY if runtime.tokens.keys.signing_key and redis_ok else UNHEALTHY
     if not db_ok:
         status = UNHEALTHY
-    elif not redis_ok:
+    elif not redis_ok or services["auth"] != HEALTHY:
         status = DEGRADED
     else:
         status = HEALTHY
@@ -89,6 +108,8 @@ async def health_detailed(request: Request) -> JSONResponse:
         "uptime_seconds": round(time.time() - runtime.started_at, 1),
         "environment": runtime.settings.app.env,
         "broker": runtime.broker_mode,
+        "broker_connected": runtime.broker.connected,
+        "subscribers": runtime.broker.stats.subscribers,
         "database": {"pool": database_pool() if result["services"]["database"] == HEALTHY else None},
     }
     return JSONResponse(body, status_code=503 if result["status"] == UNHEALTHY else 200)

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from tortoise.exceptions import IntegrityError
 
 from aicm import models
-from aicm.auth.oauth import FLOW_TTL, OAuthProviders, ProviderError, flow_store
+from aicm.auth.oauth import FLOW_TTL, Identity, OAuthProviders, ProviderError, flow_store
 from aicm.auth.viewer import Viewer
 from aicm.config import Settings
 from aicm.errors import AppError, BadUserInput, Conflict, NotFound, Unauthenticated
@@ -147,7 +147,7 @@ class OAuthEndpoints:
             )
         return flow
 
-    async def _identity(self, request: Request, name: str, flow: dict[str, Any]) -> Any:
+    async def _identity(self, request: Request, name: str, flow: dict[str, Any]) -> Identity:
         params = request.query_params
         if params.get("error"):
             reason = "ACCESS_DENIED" if params["error"] == "access_denied" else "PROVIDER_ERROR"

@@ -16,12 +16,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tortoise.transactions import in_transaction
+
 from aicm import models
 from aicm.config import Settings
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
 from aicm.resolvers.unit_of_work import publish
 from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env
-from aicm.runner.logs import LogWriter
+from aicm.runner.logs import LogWriter, line_payload
 from aicm.runner.process import AgentNotFound, AgentProcess
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.subscriptions import channels, events
@@ -61,17 +63,26 @@ async def finish(
 
     A line with ``stream: system`` tells readers of the log why the server ended it.
     """
-    updated = await models.Task.filter(id=task_id, status__in=list(only_from)).update(
-        status=status, error=error, finished_at=_now(), lease_expires_at=None, **fields
-    )
-    if not updated:
-        return False
+    async with in_transaction() as connection:  # the end and its explanation are stored together
+        updated = (
+            await models.Task.filter(id=task_id, status__in=list(only_from))
+            .using_db(connection)
+            .update(status=status, error=error, finished_at=_now(), lease_expires_at=None, **fields)
+        )
+        if not updated:
+            return False
+        task = await models.Task.get(id=task_id).using_db(connection)
+        line = None
+        if error and status != models.TaskStatus.SUCCEEDED:
+            line = models.TaskLog(
+                task_id=task.id, seq=task.last_seq + 1, at=_now(), stream="system", kind="text", text=error
+            )
+            await line.save(using_db=connection)
+            task.last_seq = line.seq
+            await task.save(using_db=connection, update_fields=["last_seq"])
     TASKS.labels(str(status)).inc()
-    task = await models.Task.get(id=task_id)
-    if error and status != models.TaskStatus.SUCCEEDED:
-        writer = LogWriter(task.id, task.last_seq)
-        await writer.add("system", "text", error, None)
-        await writer.close()
+    if line is not None:
+        await publish(channels.task_logs(task_id), {"lines": [line_payload(line)]})
     await publish(channels.task_logs(task_id), {"end": True, "status": str(status)})
     await announce(task)
     return True
@@ -92,31 +103,52 @@ class TaskExecutor:
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._cancels: dict[int, asyncio.Event] = {}
         self._background: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()  # set while no task runs here
+        self._idle.set()
 
     @property
     def running(self) -> int:
         return len(self._cancels)
 
-    async def start(self) -> None:
-        self._slots = [
-            asyncio.create_task(self._slot(), name=f"aicm-runner-{n}")
-            for n in range(self.settings.runner.max_concurrent)
-        ]
-        self._renewer = asyncio.create_task(self._renew_leases(), name="aicm-runner-leases")
+    async def start(self, *, local_queue: bool = True, single_process: bool = False) -> None:
+        """Begin: recover what a dead process left, then run.
+
+        ``local_queue``: this process runs the tasks handed to ``submit`` (``runner.max_concurrent`` at a
+        time, FIFO); a worker fed by the job queue calls ``run`` itself instead. Unless ``single_process``,
+        other processes may die holding tasks, so expired leases are swept periodically.
+        """
+        await self.recover(single_process=single_process)
+        if local_queue:
+            slots = self.settings.runner.max_concurrent
+            self._background += [
+                asyncio.create_task(self._slot(), name=f"aicm-runner-{n}") for n in range(slots)
+            ]
+        self._background.append(asyncio.create_task(self._renew_leases(), name="aicm-runner-leases"))
+        self._background.append(asyncio.create_task(self._follow_cancels(), name="aicm-runner-cancels"))
+        if not single_process:
+            self._background.append(asyncio.create_task(self._sweep(), name="aicm-runner-sweep"))
 
     async def close(self) -> None:
-        """Stop taking tasks and end the running ones; their tasks are marked FAILED."""
-        for slot in self._slots:
-            slot.cancel()
-        if self._renewer:
-            self._renewer.cancel()
-        for task in [*self._slots, *([self._renewer] if self._renewer else [])]:
+        """Stop taking tasks; running agents are killed with their group and their tasks marked FAILED."""
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._slots, self._renewer = [], None
+        self._background = []
 
     async def submit(self, task_id: int) -> None:
         self._queue.put_nowait(task_id)
+
+    async def cancel_everything(self, wait: float = 10.0) -> None:
+        """Drop queued tasks and cancel the running ones, waiting (bounded) until none runs here."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        for event in self._cancels.values():
+            event.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._idle.wait()
 
     def cancel_local(self, task_id: int) -> bool:
         """Stop the task if it runs here; True when it did."""
@@ -157,6 +189,14 @@ class TaskExecutor:
             ):
                 await self.submit(task_id)
 
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS)
+            try:
+                await self.recover(single_process=False)
+            except Exception:
+                log.exception("sweeping expired leases failed", extra={"event": "task_sweep_failed"})
+
     # --- running ------------------------------------------------------------------------------------
 
     async def _slot(self) -> None:
@@ -187,6 +227,7 @@ class TaskExecutor:
         if task is None:
             return
         cancel = self._cancels[task.id] = asyncio.Event()
+        self._idle.clear()
         TASKS_RUNNING.inc()
         try:
             await announce(task)
@@ -198,15 +239,16 @@ class TaskExecutor:
             raise
         finally:
             self._cancels.pop(task.id, None)
+            if not self._cancels:
+                self._idle.set()
             TASKS_RUNNING.dec()
 
     async def _execute(self, task: models.Task, cancel: asyncio.Event) -> None:
         runner = self.settings.runner
         resume = None
         if task.parent_id:
-            resume = (
-                await models.Task.filter(id=task.parent_id).values_list("cli_session_id", flat=True).first()
-            )
+            parent = await models.Task.get_or_none(id=task.parent_id)
+            resume = parent.cli_session_id if parent else None
         summary = RunSummary()
         writer = LogWriter(task.id, task.last_seq)
 

@@ -9,6 +9,7 @@ from aicm.config import Settings
 from aicm.schema.audit import AuditQueries
 from aicm.schema.auth import AuthMutations, AuthQueries
 from aicm.schema.errors import Schema
+from aicm.schema.extensions.metrics import GraphQLMetrics
 from aicm.schema.oauth import OAuthMutations, OAuthQueries
 from aicm.schema.projects import ProjectMutations, ProjectQueries
 from aicm.schema.roles import RoleMutations, RoleQueries
@@ -26,6 +27,7 @@ Mutation = merge_types(
 
 def build_schema(settings: Settings) -> Schema:
     extensions = [
+        GraphQLMetrics,  # first, so it sees every operation whole, rejections by later extensions included
         # Factories, not instances: Strawberry builds them per execution; the caches live at module level.
         lambda: ParserCache(maxsize=1024),
         lambda: ValidationCache(maxsize=1024),

@@ -42,6 +42,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from aicm.metrics import BROKER_RECONNECTS, EVENTS_DELIVERED, EVENTS_DROPPED
+
 if TYPE_CHECKING:
     from aicm.config import Settings
 
@@ -175,6 +177,7 @@ class Subscription:
                 item = self._queue.popleft()
                 if isinstance(item, Event):
                     self._broker.stats.delivered += 1
+                    EVENTS_DELIVERED.inc()
                 return item
             if self._failure is not None:
                 failure, self._failure = self._failure, None
@@ -194,6 +197,7 @@ class Subscription:
         if len(self._queue) >= self.max_queue:
             lost = sum(isinstance(queued, Event) for queued in (*self._queue, item))
             self._broker.stats.dropped += lost
+            EVENTS_DROPPED.inc(lost)
             self._failure = FellBehind(self.max_queue)
             log.warning(
                 "subscriber fell behind",
@@ -540,6 +544,7 @@ class RedisBroker(Broker):
         channels = list(self._subs)
         if reconnect:
             self.stats.reconnects += 1
+            BROKER_RECONNECTS.inc()
             log.info("redis listener reconnected", extra={"event": "broker_reconnected"})
             self._resync = set(channels)
             if not channels:

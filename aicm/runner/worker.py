@@ -1,0 +1,86 @@
+"""Separate task workers: the job queue (saq on Redis) and ``aicli-api worker``.
+
+saq was chosen over arq and taskiq: it is asyncio-native, maintained, small, and its Redis queue gives FIFO
+jobs, per-job keys (a task is queued once) and worker concurrency without a broker process of its own.
+The job only carries a task id; the task's state, lease and cancellation live in the database and on the
+event broker, exactly as for tasks run inside ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from saq import Job, Queue, Worker
+from tortoise import Tortoise
+
+from aicm.config import Settings
+from aicm.db import tortoise_config
+from aicm.resolvers.unit_of_work import set_publisher
+from aicm.runner.dispatch import request_cancel
+from aicm.runner.executor import TaskExecutor
+from aicm.runtime import make_redis
+from aicm.subscriptions.broker import Broker, make_broker
+
+log = logging.getLogger("aicm.worker")
+
+QUEUE_NAME = "aicm-tasks"
+JOB = "run_task"
+
+
+def make_queue(settings: Settings, name: str = QUEUE_NAME) -> Queue:
+    if not settings.redis.dsn:
+        raise ValueError("workers need Redis: set redis.addr or REDIS_URL")
+    return Queue.from_url(settings.redis.dsn, name=name)
+
+
+class QueueDispatcher:
+    """``runner.embedded: false``: tasks go to the job queue; any worker may take them."""
+
+    def __init__(self, queue: Queue, broker: Broker) -> None:
+        self.queue = queue
+        self.broker = broker
+
+    async def submit(self, task_id: int) -> None:
+        # No job timeout (the executor enforces runner.timeout); the key queues a task at most once.
+        await self.queue.enqueue(
+            Job(JOB, kwargs={"task_id": task_id}, key=f"task-{task_id}", timeout=0, retries=1)
+        )
+
+    async def cancel(self, task_id: int) -> None:
+        await request_cancel(self.broker, task_id)
+
+
+async def run_worker(
+    settings: Settings, *, stop: asyncio.Event | None = None, queue_name: str = QUEUE_NAME
+) -> None:
+    """Take tasks from the queue, ``runner.max_concurrent`` at a time, until SIGTERM/SIGINT (saq handles
+    those) or ``stop`` is set; then running agents are cancelled and their tasks marked FAILED."""
+    redis = make_redis(settings)
+    await Tortoise.init(config=tortoise_config(settings))
+    broker = make_broker(settings, client=redis)
+    await broker.start()
+    set_publisher(broker.publish)
+    executor = TaskExecutor(settings, broker)
+    await executor.start(local_queue=False)
+    queue = make_queue(settings, queue_name)
+
+    async def run_task(ctx: dict, *, task_id: int) -> None:
+        await executor.run(task_id)
+
+    worker = Worker(queue, functions=[(JOB, run_task)], concurrency=settings.runner.max_concurrent)
+    log.info("worker started", extra={"event": "worker_started", "worker_id": executor.worker_id})
+    watcher = asyncio.create_task((stop or asyncio.Event()).wait())
+    watcher.add_done_callback(lambda _: asyncio.ensure_future(worker.stop()))
+    try:
+        await worker.start()
+    finally:
+        log.info("worker stopping", extra={"event": "worker_stopping", "worker_id": executor.worker_id})
+        watcher.cancel()
+        await executor.close()
+        await queue.disconnect()
+        set_publisher(None)
+        await broker.close()
+        await Tortoise.close_connections()
+        if redis is not None:
+            await redis.aclose()
