@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from aicm import __version__
 from aicm.config import ConfigError, Settings, load_settings
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in every worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,10 +143,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes load the same settings: point them at the same file.
         if settings.config_path:
             os.environ["AICLI_CONFIG"] = str(settings.config_path)
-        from aicm.http.metrics import multiprocess_directory
-
         # Metrics add up across workers: prometheus_client's multiprocess mode, one fresh directory per run.
-        with multiprocess_directory():
+        with _metrics_directory():
             uvicorn.run("aicm.app:create_app", factory=True, workers=workers, **options)
         return 0
     from aicm.app import build_app
@@ -164,6 +168,27 @@ def _worker(settings: Settings) -> int:
         _migrate(settings, quiet=True)
     asyncio.run(run_worker(settings))
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[str]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers started inside the block (set before any of them imports
+    prometheus_client; this process never does). An operator's own directory is kept but emptied of the last
+    run's samples; otherwise a temporary directory is made, then removed."""
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield given
+        return
+    directory = tempfile.mkdtemp(prefix="aicm-metrics-")
+    os.environ[METRICS_DIR_ENV] = directory
+    try:
+        yield directory
+    finally:
+        os.environ.pop(METRICS_DIR_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -156,7 +156,8 @@ class RedisLimiter(Limiter):
         ttl_ms = max(1, math.ceil(limit.ttl * 1000))
         try:
             allowed, tokens, retry = await self._script(
-                keys=[f"{self._prefix}rl:{key}"], args=[repr(limit.rate), repr(limit.burst), repr(cost), ttl_ms]
+                keys=[f"{self._prefix}rl:{key}"],
+                args=[repr(limit.rate), repr(limit.burst), repr(cost), ttl_ms],
             )
         except (RedisError, OSError):
             log.warning("rate limiter store unreachable; allowing", extra={"event": "dependency_unavailable"})
@@ -198,7 +199,7 @@ class RateLimits:
         return Limit(c.auth_requests_per_minute / 60.0, c.auth_burst_size, c.window_size)
 
     async def hit_client(self, key: str, cost: float = 1.0) -> Decision:
-        """A request, WebSocket connect or subscribe message of the client ``key`` (see :func:`client_key`)."""
+        """A request, WebSocket connect or subscribe message of client ``key`` (see :func:`client_key`)."""
         if not self.enabled:
             return ALLOWED
         decision = await self.limiter.hit(f"client:{key}", self.client_limit, cost)
@@ -214,7 +215,9 @@ class RateLimits:
         limit = self.auth_limit
         decision = _named(await self.limiter.hit(f"auth:ip:{ip or 'unknown'}", limit, cost), "auth:ip")
         if email:
-            by_email = _named(await self.limiter.hit(f"auth:email:{_digest(email)}", limit, cost), "auth:email")
+            by_email = _named(
+                await self.limiter.hit(f"auth:email:{_digest(email)}", limit, cost), "auth:email"
+            )
             if not by_email.allowed and (decision.allowed or by_email.retry_after > decision.retry_after):
                 decision = by_email
         return decision

@@ -5,9 +5,9 @@
 - :func:`metrics_route` serves the registry. Before answering it reads the gauges that describe shared state
   (sessions in the store, the database pool), so they are never stale. ``monitoring.metrics.bearer_token``
   and ``allowed_ips`` guard it; when both are set a scraper needs both.
-- :func:`multiprocess_directory` (used by ``aicli-api serve --workers N``) gives prometheus_client's
-  multiprocess mode a fresh directory; ``/metrics`` then adds up every worker's files, whichever answers.
-  prometheus_client itself reads ``PROMETHEUS_MULTIPROC_DIR``, so this module reads it too.
+- ``aicli-api serve --workers N`` gives prometheus_client's multiprocess mode a fresh directory
+  (``PROMETHEUS_MULTIPROC_DIR``); ``/metrics`` then adds up every worker's files, whichever worker answers.
+  prometheus_client itself reads that variable, so this module reads it too.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +65,6 @@ __all__ = [
     "MULTIPROC_ENV",
     "HTTPMetricsMiddleware",
     "metrics_route",
-    "multiprocess_directory",
     "refresh",
     "sampling",
 ]
@@ -316,29 +314,3 @@ def metrics_route(config: MetricsConfig) -> Route:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Route(config.path, metrics, methods=["GET"], name="metrics")
-
-
-# --- serve --workers N ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def multiprocess_directory() -> Iterator[str]:
-    """Set ``PROMETHEUS_MULTIPROC_DIR`` for worker processes started inside the block.
-
-    An operator's own directory is kept but emptied of old samples; otherwise a fresh temporary directory is
-    made and removed afterwards. Must run before the workers import prometheus_client (they are spawned).
-    """
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        Path(given).mkdir(parents=True, exist_ok=True)
-        for stale in Path(given).glob("*.db"):
-            stale.unlink(missing_ok=True)
-        yield given
-        return
-    directory = tempfile.mkdtemp(prefix="aicm-metrics-")
-    os.environ[MULTIPROC_ENV] = directory
-    try:
-        yield directory
-    finally:
-        os.environ.pop(MULTIPROC_ENV, None)
-        shutil.rmtree(directory, ignore_errors=True)

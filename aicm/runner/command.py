@@ -10,6 +10,7 @@ whatever characters it holds.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ __all__ = [
     "ENV_ALLOWED_NAMES",
     "ENV_ALLOWED_PREFIXES",
     "PROMPT_PLACEHOLDER",
+    "PYTHON_PLACEHOLDER",
     "SESSION_ID_PATTERN",
     "build_argv",
     "ensure_workspace",
@@ -25,6 +27,7 @@ __all__ = [
 ]
 
 PROMPT_PLACEHOLDER = "{prompt}"
+PYTHON_PLACEHOLDER = "{python}"  # an element that is exactly this runs the server's own interpreter
 
 # The only variables of the server's own environment an agent inherits (CONTRACT §7, Runner).
 ENV_ALLOWED_NAMES = frozenset({"PATH", "HOME", "LANG", "TERM", "TZ"})
@@ -38,6 +41,8 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str | None = None) -> list[str]:
     """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given.
+
+    An element that is exactly ``{python}`` becomes the server's own interpreter (``sys.executable``).
 
     The replacement is a literal ``str.replace`` in one pass (never ``str.format``), so braces in the prompt,
     or a prompt that itself contains ``{prompt}``, stay as they are.
@@ -57,6 +62,9 @@ def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str |
     for element in template:
         if "\x00" in element:
             raise ValueError("runner command elements must not contain NUL characters")
+        if element == PYTHON_PLACEHOLDER:  # e.g. the bundled demo agent, wherever the server is installed
+            argv.append(sys.executable)
+            continue
         value = element.replace(PROMPT_PLACEHOLDER, prompt)
         if element.startswith(PROMPT_PLACEHOLDER) and prompt.startswith("-"):
             value = " " + value

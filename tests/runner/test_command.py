@@ -169,3 +169,10 @@ def test_workspace_refuses_a_symlink_that_escapes_the_root(tmp_path: Path) -> No
 
     with pytest.raises(ValueError, match="outside"):
         ensure_workspace(root, "evil")
+
+
+def test_the_python_placeholder_is_the_servers_own_interpreter() -> None:
+    import sys
+
+    argv = build_argv(["{python}", "-m", "aicm.runner.demo_agent", "-p", "{prompt}"], "hello {python}")
+    assert argv == [sys.executable, "-m", "aicm.runner.demo_agent", "-p", "hello {python}"]

@@ -61,7 +61,7 @@ class TrustedProxies:
         """
         if not forwarded_for or not self.trusts(_address(peer or "")):
             return peer
-        hops = [hop for hop in forwarded_for.split(",")][-_MAX_HOPS:]
+        hops = forwarded_for.split(",")[-_MAX_HOPS:]
         client = peer
         for hop in reversed(hops):
             address = _address(hop)
@@ -86,7 +86,9 @@ class ClientIPMiddleware:
             peer = str(client[0]) if client else None
             forwarded = None
             if self.trusted:
-                values = [bytes(v).decode("latin-1") for k, v in scope.get("headers") or () if k == _FORWARDED_FOR]
+                values = [
+                    bytes(v).decode("latin-1") for k, v in scope.get("headers") or () if k == _FORWARDED_FOR
+                ]
                 forwarded = ",".join(values) or None
             state = scope.get("state")
             if state is None:

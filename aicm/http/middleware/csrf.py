@@ -1,0 +1,113 @@
+"""CSRF defences on the GraphQL endpoint, and the refresh-token cookies they protect.
+
+- A ``POST`` must say ``Content-Type: application/json``: a cross-site form or ``no-cors`` fetch cannot send
+  that without a CORS preflight, so a page on another site cannot make the browser post a mutation. Other
+  types answer ``415``. (``GET`` runs queries only: :mod:`aicm.http.graphql` refuses mutations over it.)
+- With ``security.refresh_cookie.enabled`` a browser client keeps its refresh token in an HttpOnly
+  cookie (``aicm_refresh``, path ``/graphql``). A request that carries it must also send ``X-CSRF-Token``
+  equal to the readable ``aicm_csrf`` cookie (double submit): another site can make the browser send
+  cookies, but cannot read them to fill the header. Otherwise ``403``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from typing import TYPE_CHECKING
+
+from starlette.requests import cookie_parser
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from aicm.config import RefreshCookieConfig
+
+__all__ = [
+    "CSRF_COOKIE",
+    "CSRF_HEADER",
+    "REFRESH_COOKIE",
+    "CSRFMiddleware",
+    "clear_refresh_cookies",
+    "set_refresh_cookies",
+]
+
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_COOKIE = "aicm_csrf"
+REFRESH_COOKIE = "aicm_refresh"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def set_refresh_cookies(
+    response: Response, refresh_token: str, *, config: RefreshCookieConfig, max_age: int, path: str
+) -> str:
+    """Set the HttpOnly refresh cookie and a fresh CSRF cookie; returns the CSRF token (also sent as a header,
+    for frontends that cannot read the cookie)."""
+    csrf = secrets.token_urlsafe(32)
+    common = {"max_age": max_age, "secure": config.secure, "samesite": config.same_site}
+    response.set_cookie(REFRESH_COOKIE, refresh_token, path=path, httponly=True, **common)  # type: ignore[arg-type]
+    response.set_cookie(CSRF_COOKIE, csrf, path="/", httponly=False, **common)  # type: ignore[arg-type]
+    response.headers[CSRF_HEADER] = csrf
+    return csrf
+
+
+def clear_refresh_cookies(response: Response, *, config: RefreshCookieConfig, path: str) -> None:
+    common = {"secure": config.secure, "samesite": config.same_site}
+    response.delete_cookie(REFRESH_COOKIE, path=path, httponly=True, **common)  # type: ignore[arg-type]
+    response.delete_cookie(CSRF_COOKIE, path="/", **common)  # type: ignore[arg-type]
+
+
+class CSRFMiddleware:
+    """>>> Middleware(CSRFMiddleware, path="/graphql", double_submit=True)  # doctest: +SKIP"""
+
+    def __init__(self, app: ASGIApp, *, path: str = "/graphql", double_submit: bool = False) -> None:
+        self.app = app
+        self.path = path
+        self.double_submit = double_submit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        method = scope.get("method", "GET")
+        if method == "POST":
+            media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                message = "POST /graphql takes Content-Type: application/json"
+                await _reject(scope, receive, send, 415, "BAD_USER_INPUT", message)
+                return
+        if self.double_submit and method not in _SAFE_METHODS:
+            cookies = cookie_parser(headers.get("cookie", ""))
+            if REFRESH_COOKIE in cookies and not _same(
+                headers.get(CSRF_HEADER.lower()), cookies.get(CSRF_COOKIE)
+            ):
+                message = f"Missing or wrong {CSRF_HEADER} header (it must equal the {CSRF_COOKIE} cookie)"
+                await _reject(scope, receive, send, 403, "FORBIDDEN", message, reason="CSRF_TOKEN_MISMATCH")
+                return
+        await self.app(scope, receive, send)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in scope.get("headers") or ():
+        name = bytes(key).decode("latin-1").lower()
+        text = bytes(value).decode("latin-1")
+        found[name] = f"{found[name]}; {text}" if name == "cookie" and name in found else text
+    return found
+
+
+def _same(sent: str | None, expected: str | None) -> bool:
+    if not sent or not expected:
+        return False
+    return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
+
+
+async def _reject(
+    scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str, **extensions: str
+) -> None:
+    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

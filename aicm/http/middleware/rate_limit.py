@@ -1,0 +1,107 @@
+"""Per-client rate limiting of HTTP requests and WebSocket connects (``security.rate_limit``).
+
+The client is the user when the request carries a valid access token (the signature is checked, so nobody can
+spend another's bucket), else the IP that :class:`~aicm.http.middleware.client_ip.ClientIPMiddleware` found.
+Paths under ``auth_paths`` (the OAuth routes) also draw from the stricter sign-in bucket of the IP.
+
+Over the limit an HTTP request answers ``429`` with ``Retry-After`` and a ``RATE_LIMITED`` error body; a
+WebSocket handshake is refused the same way (or closed with 1008 where the server cannot send a response).
+The buckets come from ``app.state.runtime.rate_limits``; without a runtime (no lifespan) nothing is limited.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from aicm.auth.tokens import bearer_token
+from aicm.errors import AppError
+from aicm.logs import client_ip
+from aicm.ratelimit import Decision, RateLimits, client_key
+from aicm.schema.relay import encode_id
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["RateLimitMiddleware", "rate_limited_body"]
+
+_AUTHORIZATION = b"authorization"
+
+
+def rate_limited_body(decision: Decision) -> bytes:
+    error = {
+        "message": "Too many requests; retry later",
+        "extensions": {"code": "RATE_LIMITED", "retryAfter": int(decision.retry_after_header)},
+    }
+    return json.dumps({"errors": [error]}).encode()
+
+
+class RateLimitMiddleware:
+    """>>> Middleware(RateLimitMiddleware, exempt_paths={"/health"}, auth_paths=("/auth/oauth/",))"""
+
+    def __init__(
+        self, app: ASGIApp, *, exempt_paths: Iterable[str] = (), auth_paths: Iterable[str] = ()
+    ) -> None:
+        self.app = app
+        self.exempt_paths = frozenset(exempt_paths)
+        self.auth_paths = tuple(auth_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limits = _limits(scope)
+        if (
+            limits is None
+            or not limits.enabled
+            or scope["type"] not in ("http", "websocket")
+            or scope.get("method") == "OPTIONS"  # CORS preflights are answered before this layer anyway
+            or scope.get("path") in self.exempt_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        ip = client_ip(scope)
+        user_id = _user_id(scope)
+        decision = await limits.hit_client(client_key(user_id=user_id, ip=ip))
+        kind = "websocket" if scope["type"] == "websocket" else "http"
+        if decision.allowed and str(scope.get("path", "")).startswith(self.auth_paths):
+            decision, kind = await limits.hit_auth(ip=ip), "auth"
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
+        if user_id is not None:  # the log line's user_id, as the GraphQL context would have set it
+            scope.setdefault("state", {})["user_id"] = encode_id("User", user_id)
+        limits.record_exceeded(kind, decision, path=scope.get("path"))
+        if scope["type"] == "http":
+            await _send_429(send, decision, "http.response")
+        elif "websocket.http.response" in (scope.get("extensions") or {}):
+            await _send_429(send, decision, "websocket.http.response")
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "Too many requests"})
+
+
+def _limits(scope: Scope) -> RateLimits | None:
+    app = scope.get("app")
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    return getattr(runtime, "rate_limits", None)
+
+
+def _user_id(scope: Scope) -> Any:
+    """The user of a valid access token on the request, else None (the IP decides)."""
+    header = next((v for k, v in scope.get("headers") or () if k == _AUTHORIZATION), None)
+    if header is None:
+        return None
+    try:
+        token = bearer_token(bytes(header).decode("latin-1"))
+        return None if token is None else scope["app"].state.runtime.tokens.decode_access(token).user_id
+    except AppError:
+        return None
+
+
+async def _send_429(send: Send, decision: Decision, prefix: str) -> None:
+    body = rate_limited_body(decision)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", decision.retry_after_header.encode()),
+    ]
+    await send({"type": f"{prefix}.start", "status": 429, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": body})
