@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -123,3 +125,45 @@ def test_serve_with_workers_on_postgres_and_redis(tmp_path: Path) -> None:
             for _ in range(10)
         }
         assert answers == {json.dumps({"data": {"me": None}})}
+
+
+@pytest.mark.services
+def test_instances_migrating_together_do_not_race(tmp_path: Path) -> None:
+    # given a fresh PostgreSQL database
+    import asyncpg
+
+    database_url, _ = require_services()
+    name = f"aicm_race_{os.getpid()}"
+    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}"'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    env = clean_env(DATABASE_URL=database_url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        # when three instances migrate at the same moment
+        procs = [
+            subprocess.Popen(
+                [*CLI, "migrate"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+        # then all succeed and the migrations were applied exactly once
+        assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+        applied = sorted(out for out, _ in outputs)
+        assert applied[0].startswith("applied 0") and applied[1].startswith("applied 0")
+        assert "0_init.py" in applied[2]
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
