@@ -246,10 +246,15 @@ async def test_a_thousand_subscriptions_on_one_process(
     owner, watcher, project = await world(app)
     token = await token_for(app, watcher)
     sockets = [await (await GraphQLWS.open(server_url, token)).acked() for _ in range(50)]
+    stats = app.state.runtime.broker.stats
+    before = stats.subscribers
     for ws in sockets:
         for n in range(20):
             await ws.subscribe(str(n), PROJECT_EVENTS, {"id": encode_id("Project", project.id)})
-    await asyncio.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while stats.subscribers < before + 1000:  # every subscription is authorized and listening
+        assert time.monotonic() < deadline, f"only {stats.subscribers - before} subscriptions listening"
+        await asyncio.sleep(0.05)
     # when one event is published
     assert_ok(
         await execute(
