@@ -8,6 +8,7 @@ in the project grants it. What the viewer may not see answers NOT_FOUND, like wh
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from tortoise.expressions import Subquery
 from tortoise.queryset import QuerySet
@@ -18,6 +19,8 @@ from aicm.auth.viewer import Viewer
 from aicm.errors import Forbidden, NotFound, Unauthenticated
 
 log = logging.getLogger("aicm.security")
+
+M = TypeVar("M", models.Project, models.Task)
 
 
 def has_system(viewer: Viewer, permission: str) -> bool:
@@ -74,16 +77,21 @@ async def require(viewer: Viewer, permission: str, project: models.Project) -> N
         raise deny(viewer, permission, f"Project:{project.id}")
 
 
+async def _granted(viewer: Viewer, permission: str, model: type[M], project_field: str) -> QuerySet[M]:
+    """Rows of ``model`` whose project grants the viewer ``permission`` (by a system role or membership)."""
+    if not viewer.is_authenticated:
+        return model.filter(id__in=[])
+    if has_system(viewer, permission):
+        return model.all()
+    memberships = models.ProjectMember.filter(
+        user_id=viewer.user_id, role_id__in=await _role_ids_with(viewer, permission)
+    )
+    return model.filter(**{f"{project_field}__in": Subquery(memberships.values("project_id"))})
+
+
 async def visible_projects(viewer: Viewer) -> QuerySet[models.Project]:
     """The projects the viewer may read, as a query (filtered in SQL, never after fetching)."""
-    if not viewer.is_authenticated:
-        return models.Project.filter(id__in=[])
-    if has_system(viewer, Permission.PROJECT_READ):
-        return models.Project.all()
-    memberships = models.ProjectMember.filter(
-        user_id=viewer.user_id, role_id__in=await _role_ids_with(viewer, Permission.PROJECT_READ)
-    )
-    return models.Project.filter(id__in=Subquery(memberships.values("project_id")))
+    return await _granted(viewer, Permission.PROJECT_READ, models.Project, "id")
 
 
 async def get_visible_project(viewer: Viewer, project_id: int) -> models.Project:
@@ -109,14 +117,7 @@ async def _role_ids_with(viewer: Viewer, permission: str) -> list[int]:
 
 async def visible_tasks(viewer: Viewer) -> QuerySet[models.Task]:
     """The tasks whose project lets the viewer read tasks (filtered in SQL)."""
-    if not viewer.is_authenticated:
-        return models.Task.filter(id__in=[])
-    if has_system(viewer, Permission.TASK_READ):
-        return models.Task.all()
-    memberships = models.ProjectMember.filter(
-        user_id=viewer.user_id, role_id__in=await _role_ids_with(viewer, Permission.TASK_READ)
-    )
-    return models.Task.filter(project_id__in=Subquery(memberships.values("project_id")))
+    return await _granted(viewer, Permission.TASK_READ, models.Task, "project_id")
 
 
 async def get_visible_task(viewer: Viewer, task_id: int) -> models.Task:

@@ -119,6 +119,10 @@ def _project_id(value: strawberry.ID, field: str = "id") -> int:
     return decode_id(value, "Project", field=field)
 
 
+def _membership_ids(project_id: strawberry.ID, user_id: strawberry.ID) -> tuple[int, int]:
+    return _project_id(project_id, "projectId"), decode_id(user_id, "User", field="userId")
+
+
 @strawberry.type
 class ProjectQueries:
     @strawberry.field(permission_classes=[IsAuthenticated])
@@ -178,24 +182,18 @@ class ProjectMutations:
     async def add_project_member(
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role_id: strawberry.ID
     ) -> ProjectMember:
-        member = await resolvers.projects.add_project_member(
-            info.context.viewer,
-            _project_id(project_id, "projectId"),
-            decode_id(user_id, "User", field="userId"),
-            decode_id(role_id, "Role", field="roleId"),
-        )
+        ids = _membership_ids(project_id, user_id)
+        role = decode_id(role_id, "Role", field="roleId")
+        member = await resolvers.projects.add_project_member(info.context.viewer, *ids, role)
         return ProjectMember.from_model(member)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def update_project_member(
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role_id: strawberry.ID
     ) -> ProjectMember:
-        member = await resolvers.projects.update_project_member(
-            info.context.viewer,
-            _project_id(project_id, "projectId"),
-            decode_id(user_id, "User", field="userId"),
-            decode_id(role_id, "Role", field="roleId"),
-        )
+        ids = _membership_ids(project_id, user_id)
+        role = decode_id(role_id, "Role", field="roleId")
+        member = await resolvers.projects.update_project_member(info.context.viewer, *ids, role)
         return ProjectMember.from_model(member)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
@@ -203,7 +201,5 @@ class ProjectMutations:
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID
     ) -> bool:
         return await resolvers.projects.remove_project_member(
-            info.context.viewer,
-            _project_id(project_id, "projectId"),
-            decode_id(user_id, "User", field="userId"),
+            info.context.viewer, *_membership_ids(project_id, user_id)
         )
