@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
@@ -19,8 +21,13 @@ from aicm.db import tortoise_config
 from aicm.http import health, metrics, oauth
 from aicm.http.graphql import GraphQLApp
 from aicm.http.middleware.access_log import AccessLogMiddleware
+from aicm.http.middleware.client_ip import ClientIPMiddleware
+from aicm.http.middleware.csrf import CSRFMiddleware
+from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
+from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
 from aicm.logs import configure_logging
+from aicm.ratelimit import make_rate_limits
 from aicm.resolvers.auth import AuthServices
 from aicm.resolvers.unit_of_work import set_publisher
 from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
@@ -58,7 +65,9 @@ def build_app(settings: Settings) -> Starlette:
                 dispatcher=dispatcher,
                 redis=redis,
                 executor=executor,
+                rate_limits=make_rate_limits(settings, redis),
             )
+            _freeze_startup_objects()
             yield
 
     routes = []
@@ -73,10 +82,28 @@ def build_app(settings: Settings) -> Starlette:
     middleware = [
         # Outermost first: every later layer (and its log lines) sees the request id.
         Middleware(RequestIdMiddleware),
+        Middleware(ClientIPMiddleware, trusted_proxies=settings.server.trusted_proxies),
         Middleware(AccessLogMiddleware),
         *([Middleware(metrics.HTTPMetricsMiddleware)] if settings.monitoring.metrics.enabled else []),
+        *_security_middleware(settings),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _security_middleware(settings: Settings) -> list[Middleware]:
+    """Headers on every response (429s and CORS answers included), CORS, then the per-client rate limit,
+    then the GraphQL endpoint's CSRF rules."""
+    exempt = {settings.monitoring.metrics.path}
+    if settings.monitoring.health.enabled:
+        health_path = settings.monitoring.health.path.rstrip("/")
+        exempt |= {health_path, f"{health_path}/detailed"}
+    cors = cors_options(settings)
+    return [
+        Middleware(SecurityHeadersMiddleware, hsts=hsts_value(settings.security.hsts)),
+        *([Middleware(CORSMiddleware, **cors)] if cors else []),
+        Middleware(RateLimitMiddleware, exempt_paths=exempt, auth_paths=("/auth/oauth/",)),
+        Middleware(CSRFMiddleware, path="/graphql", double_submit=settings.security.refresh_cookie.enabled),
+    ]
 
 
 async def _task_runner(
@@ -91,6 +118,15 @@ async def _task_runner(
     await executor.start(single_process=single_process)
     stack.push_async_callback(executor.close)
     return executor, LocalDispatcher(executor)
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up left alive (modules, the schema, the ORM's metadata: ~135k objects) out of the
+    cyclic collector's sight, so that its full collections scan only what requests create. make bench
+    measured ~25 % less server CPU per `projects(first: 20)` request with owner and members
+    (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app() -> Starlette:

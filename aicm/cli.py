@@ -144,12 +144,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if settings.config_path:
             os.environ["AICLI_CONFIG"] = str(settings.config_path)
         # Metrics add up across workers: prometheus_client's multiprocess mode, one fresh directory per run.
-        with _metrics_directory():
+        with _metrics_directory(create=True):
             uvicorn.run("aicm.app:create_app", factory=True, workers=workers, **options)
         return 0
-    from aicm.app import build_app
+    with _metrics_directory(create=False):
+        from aicm.app import build_app
 
-    uvicorn.run(build_app(settings), **options)
+        uvicorn.run(build_app(settings), **options)
     return 0
 
 
@@ -171,16 +172,19 @@ def _worker(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def _metrics_directory() -> Iterator[str]:
-    """``PROMETHEUS_MULTIPROC_DIR`` for the workers started inside the block (set before any of them imports
-    prometheus_client; this process never does). An operator's own directory is kept but emptied of the last
-    run's samples; otherwise a temporary directory is made, then removed."""
+def _metrics_directory(*, create: bool) -> Iterator[str | None]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the server started inside the block, ready before anything imports
+    prometheus_client. An operator's own directory is kept but emptied of the last run's samples; else, with
+    ``create``, a temporary directory is made and removed afterwards (without it: single-process metrics)."""
     given = os.environ.get(METRICS_DIR_ENV)
     if given:
         Path(given).mkdir(parents=True, exist_ok=True)
         for stale in Path(given).glob("*.db"):
             stale.unlink(missing_ok=True)
         yield given
+        return
+    if not create:
+        yield None
         return
     directory = tempfile.mkdtemp(prefix="aicm-metrics-")
     os.environ[METRICS_DIR_ENV] = directory

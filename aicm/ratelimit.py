@@ -171,7 +171,7 @@ def client_key(*, user_id: int | str | None, ip: str | None) -> str:
 
 
 def _digest(value: str) -> str:
-    return hashlib.sha256(value.strip().lower().encode()).hexdigest()
+    return hashlib.sha256(value.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class RateLimits:

@@ -505,6 +505,25 @@ VALIDATION_CASES = [
     ("graphql: {max_aliases: 0}", "graphql.max_aliases: must be at least 1"),
     ("graphql: {max_tokens: 0}", "graphql.max_tokens: must be at least 1"),
     ("graphql: {max_body_bytes: 0}", "graphql.max_body_bytes: must be at least 1"),
+    ("graphql: {max_cost: 0}", "graphql.max_cost: must be at least 1"),
+    ("graphql: {persisted_queries: always}", "graphql.persisted_queries: expected one of off, apq, safelist"),
+    ("graphql: {persisted_queries: safelist}", "graphql.persisted_queries_manifest: required when"),
+    (
+        "graphql: {persisted_queries_manifest: /nonexistent/manifest.json}",
+        "graphql.persisted_queries_manifest: file not found",
+    ),
+    ("graphql: {persisted_queries_ttl: 0}", "graphql.persisted_queries_ttl: must be greater than 0"),
+    (
+        "graphql: {persisted_queries_cache_size: 0}",
+        "graphql.persisted_queries_cache_size: must be at least 1",
+    ),
+    (
+        "security: {rate_limit: {auth_requests_per_minute: 0}}",
+        "security.rate_limit.auth_requests_per_minute: must be greater than 0",
+    ),
+    ("security: {rate_limit: {auth_burst_size: 0}}", "security.rate_limit.auth_burst_size: must be greater"),
+    ("security: {hsts: {max_age: -1}}", "security.hsts.max_age: must be at least 0"),
+    ("security: {refresh_cookie: {same_site: none}}", "security.refresh_cookie.same_site: expected one of"),
     ("oauth: {google: {client_secret: x}}", "oauth.google.client_id: must not be empty"),
     ("oauth: {okta: {client_id: x}}", "oauth.okta.server_metadata_url: required for providers other than"),
     (
@@ -858,3 +877,29 @@ def test_example_config_keeps_the_guide_sections_and_values(tmp_path):
             assert node == expected, path
 
     walk(example, guide, "")
+
+
+# --------------------------------------------------------------------------- hardening (issue 7)
+
+
+def test_hardening_defaults(tmp_path):
+    s = load(tmp_path, "")
+    rate, graphql = s.security.rate_limit, s.graphql
+    assert rate.enabled and (rate.auth_requests_per_minute, rate.auth_burst_size) == (10.0, 10)
+    assert not s.security.hsts.enabled and not s.security.refresh_cookie.enabled
+    assert graphql.max_cost == 10_000 and graphql.persisted_queries == "apq"
+    assert graphql.persisted_queries_ttl == 86_400.0 and s.suggestions_enabled
+
+
+def test_suggestions_are_off_in_production_unless_set(tmp_path):
+    env = {"APP_ENV": "production", "JWT_SECRET": "p" * 32}
+    assert not load(tmp_path, "", env).suggestions_enabled
+    assert load(tmp_path, "graphql: {suggestions: true}\n", env).suggestions_enabled
+
+
+def test_a_safelist_with_its_manifest_loads(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"abc": "{ me { id } }"}', encoding="utf-8")
+    text = f"graphql: {{persisted_queries: safelist, persisted_queries_manifest: '{manifest}', persisted_queries_ttl: 2h}}\n"
+    s = load(tmp_path, text)
+    assert s.graphql.persisted_queries == "safelist" and s.graphql.persisted_queries_ttl == 7200.0

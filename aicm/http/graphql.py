@@ -1,31 +1,61 @@
-"""The Strawberry ASGI app at ``/graphql``: our context, authentication over HTTP and WebSocket."""
+"""The Strawberry ASGI app at ``/graphql``: our context, authentication over HTTP and WebSocket.
+
+Request-level checks (CONTRACT §7 "Limits"), all before any resolver runs: bodies over
+``graphql.max_body_bytes`` answer 413; a JSON array (batching) or anything but a JSON object answers 400;
+``GET`` runs queries only (a mutation answers 405) and subscriptions need the WebSocket; persisted queries
+(``extensions.persistedQuery``) are resolved here. Every such refusal answers a JSON ``errors`` body.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from datetime import timedelta
+from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.http import GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
+from strawberry.types.unset import UNSET
 
 from aicm.auth.tokens import bearer_token
 from aicm.auth.viewer import Viewer
 from aicm.config import Settings
 from aicm.errors import Unauthenticated
+from aicm.http.graphiql import GraphiQLPage
 from aicm.http.websocket import LegacyWSHandler, TransportWSHandler
 from aicm.schema import build_schema
 from aicm.schema.context import Context, viewer_from_authorization, viewer_from_claims
+from aicm.schema.extensions.persisted_queries import PersistedQueries, PersistedQueryError
 
 log = logging.getLogger("aicm.http")
+
+# Over HTTP: GET runs queries only (CSRF: a link or <img> must not mutate), POST queries and mutations;
+# subscriptions need the WebSocket.
+HTTP_OPERATIONS = {
+    "GET": frozenset({OperationType.QUERY}),
+    "POST": frozenset({OperationType.QUERY, OperationType.MUTATION}),
+}
+_STATUS_CODES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND"}
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 def _error(
@@ -53,11 +83,19 @@ class GraphQLApp(GraphQL[Context, None]):
             # Browsers on other origins need an allowed origin; clients sending no Origin are accepted.
             allowed_origins=settings.security.cors.allowed_origins,
         )
+        self.max_body_bytes = settings.graphql.max_body_bytes
+        self.persisted = PersistedQueries.from_settings(settings)
+        self.graphiql = GraphiQLPage() if settings.graphiql_enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Failures before any resolver runs (authenticating the caller) answer JSON, never a bare 500."""
         try:
+            if scope["type"] == "http":
+                receive = self._capped(scope, receive)
             await super().__call__(scope, receive, send)
+        except BodyTooLarge:
+            message = f"Request body is larger than {self.max_body_bytes} bytes"
+            await _error(message, "BAD_USER_INPUT", 413, {})(scope, receive, send)
         except Unauthenticated as exc:
             if scope["type"] != "http":
                 raise
@@ -69,6 +107,107 @@ class GraphQLApp(GraphQL[Context, None]):
             log.warning("session store unreachable", extra={"event": "dependency_unavailable"}, exc_info=True)
             message = "Service temporarily unavailable; retry shortly"
             await _error(message, "INTERNAL_SERVER_ERROR", 503, {"Retry-After": "1"})(scope, receive, send)
+
+    def _capped(self, scope: Scope, receive: Receive) -> Receive:
+        """``receive`` raising BodyTooLarge past ``graphql.max_body_bytes`` (declared or actually sent)."""
+        limit = self.max_body_bytes
+        declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+            raise BodyTooLarge  # a malformed length is refused too: nothing can trust it
+        received = 0
+
+        async def capped() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        return capped
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        """Strawberry's HTTP refusals as JSON ``errors`` bodies (it would answer plain text)."""
+        try:
+            return await super().run(request, context, root_value)
+        except HTTPException as exc:
+            if self.is_websocket_request(request):
+                raise
+            headers = {"Allow": "POST"} if exc.status_code == 405 else {}
+            code = _STATUS_CODES.get(exc.status_code, "BAD_USER_INPUT")
+            return _error(exc.reason, code, exc.status_code, headers)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Any undecodable body (bad UTF-8, nesting past the interpreter's limit, huge numbers) is a 400."""
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
+            raise
+        except (ValueError, RecursionError) as exc:
+            raise json.JSONDecodeError("Invalid JSON", "", 0) from exc
+
+    def parse_json(self, data: str | bytes) -> Any:
+        value = super().parse_json(data)
+        if not isinstance(value, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object")
+        return value
+
+    async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> Any:
+        data = await super().parse_http_body(request)
+        if isinstance(data, GraphQLRequestData) and not isinstance(data.operation_name, str | None):
+            raise HTTPException(400, "The GraphQL operation's `operationName` must be a string or null")
+        return data
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        """Not for a persisted query over GET (no ``query`` parameter, but ``extensions``)."""
+        return super().should_render_graphql_ide(request) and request.query_params.get("extensions") is None
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        assert self.graphiql is not None
+        return self.graphiql.response(request.headers.get("host"))
+
+    async def execute_single(  # type: ignore[override]
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        method = request_adapter.method
+        redis = context.runtime.redis
+        try:
+            query, to_store = await self.persisted.resolve(redis, request_data.query, request_data.extensions)
+        except PersistedQueryError as exc:
+            error = GraphQLError(exc.message, extensions={"code": exc.code, **exc.extensions})
+            return ExecutionResult(data=None, errors=[error])
+        try:
+            result = await self.schema.execute(
+                query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=HTTP_OPERATIONS.get(method, frozenset()),
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as exc:
+            raise HTTPException(400, exc.as_http_error_reason()) from exc
+        except InvalidOperationTypeError as exc:
+            if exc.operation_type is OperationType.MUTATION:
+                raise HTTPException(405, "Mutations are only accepted over POST") from exc
+            raise HTTPException(
+                400, "Subscriptions are served over WebSocket (graphql-transport-ws)"
+            ) from exc
+        except MissingQueryError as exc:
+            raise HTTPException(400, "No GraphQL query found in the request") from exc
+        if method == "GET":
+            sub_response.headers.append("Vary", "Authorization")
+        if to_store is not None and query is not None and result.data is not None:
+            await self.persisted.remember(redis, to_store, query)
+        return result
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         runtime = request.app.state.runtime

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -16,13 +16,45 @@ from aicm import __version__
 from aicm.runtime import Runtime
 
 CHECK_TIMEOUT = 2.0
+T = TypeVar("T")
 HEALTHY, DEGRADED, UNHEALTHY, EMBEDDED = "healthy", "degraded", "unhealthy", "embedded"
+
+
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or TimeoutError after ``seconds``. Unlike ``asyncio.wait_for`` it does not wait
+    for the cancelled work to unwind: against a hung server the unwinding (returning a connection to its pool,
+    say) hangs too, and a health check must answer anyway."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except BaseException:
+        _abandon(task)
+        raise
+    if not done:
+        _abandon(task)
+        raise TimeoutError(f"no answer within {seconds:g}s")
+    return task.result()
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    _abandoned.add(task)  # keep a reference until it is really done
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
 
 
 async def _timed(check: Callable[[], Awaitable[Any]]) -> tuple[bool, float]:
     start = time.perf_counter()
     try:
-        await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        await within(CHECK_TIMEOUT, check())
         ok = True
     except Exception:
         ok = False

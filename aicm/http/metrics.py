@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette_exporter import PrometheusMiddleware
 
-from aicm.http.health import database_pool, ping_database
+from aicm.http.health import database_pool, ping_database, within
 from aicm.logs import client_ip
 from aicm.metrics import (
     ACTIVE_SESSIONS,
@@ -170,8 +170,7 @@ async def refresh(runtime: Runtime | None) -> None:
 
 async def _sample_sessions(runtime: Runtime) -> None:
     try:
-        async with asyncio.timeout(SCRAPE_READ_TIMEOUT):
-            ACTIVE_SESSIONS.set(await runtime.auth.sessions.count_active())
+        ACTIVE_SESSIONS.set(await within(SCRAPE_READ_TIMEOUT, runtime.auth.sessions.count_active()))
     except Exception as exc:
         log.warning(
             "could not count active sessions: %s", exc, extra={"event": "metrics_sessions_unavailable"}
@@ -181,8 +180,7 @@ async def _sample_sessions(runtime: Runtime) -> None:
 async def _sample_database() -> None:
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(SCRAPE_READ_TIMEOUT):
-            await ping_database()
+        await within(SCRAPE_READ_TIMEOUT, ping_database())
     except Exception:
         DATABASE_PING.set(math.nan)
     else:

@@ -17,10 +17,12 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
+from aicm.http.middleware.rate_limit import subscribe_refusal
 from aicm.metrics import WEBSOCKET_CONNECTIONS
 
 
@@ -32,6 +34,13 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         finally:
             WEBSOCKET_CONNECTIONS.dec()
             self.context.close_timers()
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        """Each subscribe message draws from the client's rate-limit bucket (RATE_LIMITED when empty)."""
+        if self.connection_acknowledged and (refusal := await subscribe_refusal(self.context)):
+            await self.send_message({"id": message["id"], "type": "error", "payload": [refusal]})  # type: ignore[typeddict-item]
+            return
+        await super().handle_subscribe(message)
 
     async def _send_result_stream(self, operation: Operation[Any, Any], result_source: Any) -> None:
         first = True
@@ -83,6 +92,12 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
             return
         await self.send_message({"type": "connection_ack"})
         self.connection_acknowledged = True
+
+    async def handle_start(self, message: StartMessage) -> None:
+        if self.connection_acknowledged and (refusal := await subscribe_refusal(self.context)):
+            await self.send_message({"type": "error", "id": message["id"], "payload": refusal})  # type: ignore[typeddict-item]
+            return
+        await super().handle_start(message)
 
     async def send_data_message(self, execution_result: ExecutionResult, operation_id: str) -> None:
         if execution_result.data is None and execution_result.errors:  # the stream itself failed

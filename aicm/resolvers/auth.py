@@ -69,7 +69,8 @@ async def login(services: AuthServices, viewer: Viewer, *, email: str, password:
         AUTH_ATTEMPTS.labels("password", "locked").inc()
         security.warning("login refused: account locked", extra={"event": "account_locked", **fields})
         raise Unauthenticated("Too many failed sign-ins; try again later", reason="ACCOUNT_LOCKED")
-    user = await models.User.get_or_none(email=key) if "\x00" not in key else None
+    # An address no user can have (too long for the column, or with NUL) is simply unknown.
+    user = await models.User.get_or_none(email=key) if len(key) <= 254 and "\x00" not in key else None
     verified = verify_password(user.password_hash if user else None, password)
     if user is None or not verified or not user.is_active:
         AUTH_ATTEMPTS.labels("password", "failure").inc()

@@ -45,7 +45,14 @@ async def recheck(auth: AuthServices, viewer: Viewer, project_id: int, permissio
     project = await models.Project.get_or_none(id=project_id)
     if project is None or not await authorization.can(fresh, permission, project):
         raise Forbidden("Access to this project was lost", reason="ACCESS_LOST")
+    fresh.forget()  # see _authorized
     return fresh
+
+
+def _authorized(viewer: Viewer) -> None:
+    """A stream lives as long as its connection: it keeps none of the viewer's per-request lookups once
+    authorized (the role catalogue alone is ~10 KiB per subscription; make bench, docs/performance.md)."""
+    viewer.forget()
 
 
 async def _items(subscription: Subscription) -> AsyncIterator[Event | Missed]:
@@ -62,6 +69,7 @@ async def project_events(
     viewer: Viewer, broker: Broker, auth: AuthServices, project_id: int
 ) -> AsyncIterator[dict[str, Any]]:
     await authorization.get_visible_project(viewer, project_id)
+    _authorized(viewer)
     async with broker.subscribe(_watch(viewer, project_id)) as subscription:
         async for item in _items(subscription):
             if isinstance(item, Event) and item.channel == channels.project(project_id):
@@ -76,6 +84,7 @@ async def task_updates(
 ) -> AsyncIterator[models.Task]:
     """The task now, then again at every status change; ends after it has finished."""
     task = await authorization.get_visible_task(viewer, task_id)
+    _authorized(viewer)
     project_id = task.project_id  # type: ignore[attr-defined]
     async with broker.subscribe(_watch(viewer, project_id, channels.task(task_id))) as subscription:
         task = await models.Task.get(id=task_id)
@@ -121,6 +130,7 @@ async def task_logs(
     every line whose seq is not past the last one delivered is dropped. Ends after the task's last line.
     """
     task = await authorization.get_visible_task(viewer, task_id)
+    _authorized(viewer)
     project_id = task.project_id  # type: ignore[attr-defined]
     last = after_seq
 

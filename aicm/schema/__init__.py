@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from strawberry.extensions import ParserCache, ValidationCache
+from typing import Any
+
+from strawberry.extensions import DisableIntrospection
 from strawberry.tools import merge_types
 
 from aicm.config import Settings
 from aicm.schema.audit import AuditQueries
 from aicm.schema.auth import AuthMutations, AuthQueries
 from aicm.schema.errors import Schema
+from aicm.schema.extensions.auth_rate_limit import AuthRateLimit
+from aicm.schema.extensions.limits import Limits, QueryLimits
 from aicm.schema.extensions.metrics import GraphQLMetrics
+from aicm.schema.extensions.nul import RejectNul
+from aicm.schema.extensions.persisted_queries import Safelist, load_manifest
+from aicm.schema.extensions.refresh_cookie import RefreshCookie
+from aicm.schema.extensions.validation import CachedValidation, QuietExecutionContext
 from aicm.schema.oauth import OAuthMutations, OAuthQueries
 from aicm.schema.projects import ProjectMutations, ProjectQueries
 from aicm.schema.roles import RoleMutations, RoleQueries
@@ -26,10 +34,34 @@ Mutation = merge_types(
 
 
 def build_schema(settings: Settings) -> Schema:
-    extensions = [
+    graphql = settings.graphql
+    limits = Limits.from_config(graphql)
+    hide_suggestions = not settings.suggestions_enabled
+    # Factories, not instances: Strawberry builds them per execution; the caches live at module level.
+    # Order matters: every check refusing a document runs before validation, and validation before execution.
+    extensions: list[Any] = [
         GraphQLMetrics,  # first, so it sees every operation whole, rejections by later extensions included
-        # Factories, not instances: Strawberry builds them per execution; the caches live at module level.
-        lambda: ParserCache(maxsize=1024),
-        lambda: ValidationCache(maxsize=1024),
     ]
-    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+    if not settings.introspection_enabled:
+        extensions.append(DisableIntrospection)
+    if graphql.persisted_queries == "safelist":
+        manifest = load_manifest(graphql.persisted_queries_manifest)
+        extensions.append(lambda: Safelist(manifest))
+    extensions += [
+        # Parses (cached) within max_tokens; then depth, aliases and cost with fragments expanded.
+        lambda: QueryLimits(limits, cache_size=1024),
+        RejectNul,
+        lambda: CachedValidation(hide_suggestions=hide_suggestions),
+        AuthRateLimit,  # the sign-in buckets, after validation, before any resolver
+    ]
+    cookie = settings.security.refresh_cookie
+    if cookie.enabled:
+        max_age = int(settings.jwt.refresh_token_duration)
+        extensions.append(lambda: RefreshCookie(cookie, max_age=max_age))
+    return Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        execution_context_class=QuietExecutionContext if hide_suggestions else None,
+    )

@@ -24,7 +24,7 @@ from aicm.schema.relay import encode_id
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["RateLimitMiddleware", "rate_limited_body"]
+__all__ = ["RateLimitMiddleware", "rate_limited_body", "subscribe_refusal"]
 
 _AUTHORIZATION = b"authorization"
 
@@ -105,3 +105,18 @@ async def _send_429(send: Send, decision: Decision, prefix: str) -> None:
     ]
     await send({"type": f"{prefix}.start", "status": 429, "headers": headers})
     await send({"type": f"{prefix}.body", "body": body})
+
+
+async def subscribe_refusal(context: Any) -> dict[str, Any] | None:
+    """For a WebSocket ``subscribe`` (``start``) message: None when the client may go on, else the error to
+    send for that operation. The client is the signed-in viewer of the connection, else its IP."""
+    limits: RateLimits | None = getattr(context.runtime, "rate_limits", None)
+    if limits is None or not limits.enabled:
+        return None
+    viewer = context.viewer
+    decision = await limits.hit_client(client_key(user_id=viewer.user_id, ip=viewer.ip))
+    if decision.allowed:
+        return None
+    limits.record_exceeded("subscribe", decision)
+    error: dict[str, Any] = json.loads(rate_limited_body(decision))["errors"][0]
+    return error

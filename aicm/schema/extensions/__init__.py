@@ -1,1 +1,1 @@
-"""Schema extensions, one class per module; ``aicm.schema.build_schema`` lists them."""
+"""Schema extensions, one concept per module; ``aicm.schema.build_schema`` lists them in order."""
