@@ -228,7 +228,7 @@ def run(options: Options) -> int:
     opening = "Picking up where we left off" if options.resume else "I'll start by looking at the workspace"
     out.say(f"{opening}. Task: “{_short(prompt)}”")
     out.tool("Bash", {"command": "ls -A", "description": "List the workspace"}, _listing(cwd))
-    keyword = next((word for word in prompt.split() if len(word) > 3 and ":" not in word), "TODO")
+    keyword = next((word for word in prompt.split() if len(word) > 3 and ":" not in word), "main")
     out.tool("Grep", {"pattern": keyword, "path": "."}, f"No matches found for {keyword!r} (demo agent)")
 
     if steer["stderr"]:
