@@ -58,8 +58,8 @@ bench: $(STAMP)
 
 ## lint: ruff check and format check
 lint: $(STAMP)
-	$(BIN)/ruff check aicm tests scripts deploy
-	$(BIN)/ruff format --check aicm tests scripts deploy
+	$(BIN)/ruff check aicm tests scripts deploy bench
+	$(BIN)/ruff format --check aicm tests scripts deploy bench
 
 ## build: wheel and sdist into $(DIST)/, and the launcher ./bin/aicli-api (the guide's entry point)
 build: $(STAMP)
