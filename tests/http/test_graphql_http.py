@@ -27,3 +27,22 @@ async def test_graphiql_is_served_to_browsers(client: httpx.AsyncClient) -> None
     response = await client.get("/graphql", headers={"Accept": "text/html"})
     assert response.status_code == 200
     assert "graphiql" in response.text.lower()
+
+
+async def test_more_concurrent_requests_than_redis_connections_all_succeed(
+    app, client: httpx.AsyncClient
+) -> None:
+    # given more signed-in requests at once than the Redis pool has connections (sessions are checked in Redis)
+    import asyncio
+
+    from tests.factories import make_user, token_for
+
+    user = await make_user()
+    token = await token_for(app, user)
+    concurrent = app.state.runtime.settings.redis.pool_size * 4
+    # when
+    results = await asyncio.gather(
+        *(execute(client, "{ me { id } }", token=token) for _ in range(concurrent))
+    )
+    # then none fails for want of a connection
+    assert all(result.get("data", {}).get("me") for result in results), results[:3]
