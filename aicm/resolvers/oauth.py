@@ -92,21 +92,14 @@ async def _user_for_new_identity(services: AuthServices, viewer: Viewer, identit
             raise _refuse(
                 viewer, identity, Unauthenticated("Account is not active", reason="ACCOUNT_INACTIVE")
             )
-        if await models.OAuthAccount.filter(user_id=user.id, provider=identity.provider).exists():
-            raise _refuse(
-                viewer,
-                identity,
-                Conflict(f"This account is linked to another {identity.provider} identity"),
-            )
-        async with unit_of_work(viewer) as uow:
-            account = await models.OAuthAccount.create(
-                provider=identity.provider,
-                subject=identity.subject,
-                user=user,
-                email=identity.email,
-                using_db=uow.connection,
-            )
-            await uow.audit("oauth.link", account, provider=identity.provider, user_id=user.id, by="email")
+        await _link(
+            viewer,
+            viewer,
+            user,
+            identity,
+            by="email",
+            taken=f"This account is linked to another {identity.provider} identity",
+        )
         return user
     if not services.allow_registration:
         raise _refuse(viewer, identity, Forbidden("Registration is closed", reason="REGISTRATION_CLOSED"))
@@ -166,21 +159,14 @@ async def link_account(
                 viewer, identity, Conflict(f"This {identity.provider} account is linked to another user")
             )
         return user, existing
-    if await models.OAuthAccount.filter(user_id=user.id, provider=identity.provider).exists():
-        raise _refuse(
-            viewer,
-            identity,
-            Conflict(f"Another {identity.provider} account is linked already; unlink it first"),
-        )
-    async with unit_of_work(actor) as uow:
-        account = await models.OAuthAccount.create(
-            provider=identity.provider,
-            subject=identity.subject,
-            user=user,
-            email=identity.email,
-            using_db=uow.connection,
-        )
-        await uow.audit("oauth.link", account, provider=identity.provider, user_id=user.id, by="request")
+    account = await _link(
+        viewer,
+        actor,
+        user,
+        identity,
+        by="request",
+        taken=f"Another {identity.provider} account is linked already; unlink it first",
+    )
     security.info(
         "OAuth identity linked",
         extra={
@@ -213,3 +199,21 @@ async def unlink_account(viewer: Viewer, *, provider: str) -> bool:
         await account.delete(using_db=uow.connection)
         await uow.audit("oauth.unlink", account, provider=provider, user_id=user.id)
     return True
+
+
+async def _link(
+    viewer: Viewer, actor: Viewer, user: models.User, identity: Identity, *, by: str, taken: str
+) -> models.OAuthAccount:
+    """Link the identity to the user (one identity per provider per user), with its audit row."""
+    if await models.OAuthAccount.filter(user_id=user.id, provider=identity.provider).exists():
+        raise _refuse(viewer, identity, Conflict(taken))
+    async with unit_of_work(actor) as uow:
+        account = await models.OAuthAccount.create(
+            provider=identity.provider,
+            subject=identity.subject,
+            user=user,
+            email=identity.email,
+            using_db=uow.connection,
+        )
+        await uow.audit("oauth.link", account, provider=identity.provider, user_id=user.id, by=by)
+    return account
