@@ -424,15 +424,6 @@ def test_make_test_integration_explains_what_it_needs() -> None:
     assert "AICM_TEST_DATABASE_URL" in result.stderr
 
 
-def test_make_bench_fails_clearly_without_bench_run_py() -> None:
-    if (ROOT / "bench" / "run.py").exists():
-        pytest.skip("bench/run.py exists: `make bench` runs it")
-    for target in ("bench", "test-performance"):
-        result = make(target)
-        assert result.returncode != 0
-        assert "bench/run.py does not exist yet" in result.stderr
-
-
 def test_make_build_writes_a_wheel_an_sdist_and_the_guides_launcher(tmp_path: Path) -> None:
     # when
     result = make("build", f"DIST={tmp_path}", timeout=600)
