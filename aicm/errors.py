@@ -64,14 +64,3 @@ class QueryTooComplex(AppError):
     code = "QUERY_TOO_COMPLEX"
     default_message = "Query is too complex"
 
-
-ERROR_CODES = (
-    "UNAUTHENTICATED",
-    "FORBIDDEN",
-    "NOT_FOUND",
-    "BAD_USER_INPUT",
-    "CONFLICT",
-    "RATE_LIMITED",
-    "QUERY_TOO_COMPLEX",
-    "INTERNAL_SERVER_ERROR",
-)

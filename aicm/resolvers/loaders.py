@@ -35,7 +35,6 @@ class Loaders:
 
     def __init__(self) -> None:
         self.user_by_id = _loader(self._users)
-        self.role_by_id = _loader(self._roles)
         self.system_roles_by_user_id = _loader(self._system_roles)
         self.members_by_project_id = _loader(self._members)
         self.project_by_id = _loader(self._projects)
@@ -48,10 +47,6 @@ class Loaders:
     @staticmethod
     async def _users(ids: list[int]) -> list[models.User | None]:
         return _by_key(ids, await models.User.filter(id__in=ids), lambda u: u.id)
-
-    @staticmethod
-    async def _roles(ids: list[int]) -> list[models.Role | None]:
-        return _by_key(ids, await models.Role.filter(id__in=ids), lambda r: r.id)
 
     @staticmethod
     async def _system_roles(user_ids: list[int]) -> list[list[models.Role]]:

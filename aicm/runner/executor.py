@@ -106,10 +106,6 @@ class TaskExecutor:
         self._idle = asyncio.Event()  # set while no task runs here
         self._idle.set()
 
-    @property
-    def running(self) -> int:
-        return len(self._cancels)
-
     async def start(self, *, local_queue: bool = True, single_process: bool = False) -> None:
         """Begin: recover what a dead process left, then run.
 
