@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings
 from aicm.subscriptions.broker import Broker
+from aicm.subscriptions.publisher import Publisher
 
 if TYPE_CHECKING:
     from aicm.ratelimit import RateLimits
@@ -24,6 +25,7 @@ class Runtime:
     settings: Settings
     auth: AuthServices
     broker: Broker
+    publisher: Publisher  # installed per request by http/middleware/publisher.py
     dispatcher: TaskDispatcher
     redis: Redis | None = None  # None = the embedded default (in-process broker and stores)
     executor: TaskExecutor | None = None  # None when tasks run in separate workers

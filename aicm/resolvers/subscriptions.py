@@ -16,9 +16,9 @@ from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer, load_viewer
 from aicm.errors import AppError, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
-from aicm.runner.logs import line_payload
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker, Event, FellBehind, Missed, Subscription
+from aicm.subscriptions.events import line_payload
 
 REPLAY_PAGE = 1000
 
