@@ -29,11 +29,12 @@ from aicm.http.middleware.request_id import RequestIdMiddleware
 from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
 from aicm.logs import configure_logging
 from aicm.ratelimit import make_rate_limits
+from aicm.redis_pool import make_redis
 from aicm.resolvers.auth import AuthServices
 from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
-from aicm.runtime import Runtime, make_redis
+from aicm.runtime import Runtime
 from aicm.subscriptions.broker import Broker, make_broker
 from aicm.subscriptions.publisher import Publisher, installed
 

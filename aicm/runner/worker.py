@@ -16,9 +16,9 @@ from tortoise import Tortoise
 
 from aicm.config import Settings
 from aicm.db import tortoise_config
+from aicm.redis_pool import make_redis
 from aicm.runner.dispatch import request_cancel
 from aicm.runner.executor import TaskExecutor
-from aicm.runtime import make_redis
 from aicm.subscriptions.broker import Broker, make_broker
 from aicm.subscriptions.publisher import Publisher, set_current
 
