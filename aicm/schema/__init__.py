@@ -16,6 +16,7 @@ from aicm.schema.extensions.auth_rate_limit import AuthRateLimit
 from aicm.schema.extensions.limits import Limits, QueryLimits
 from aicm.schema.extensions.metrics import GraphQLMetrics
 from aicm.schema.extensions.nul import RejectNul
+from aicm.schema.extensions.operation_name import RequireOperationName
 from aicm.schema.extensions.persisted_queries import Safelist, load_manifest
 from aicm.schema.extensions.validation import CachedValidation, QuietExecutionContext
 from aicm.schema.oauth import OAuthMutations, OAuthQueries
@@ -52,6 +53,7 @@ def build_schema(settings: Settings, transport_extensions: Sequence[Callable[[],
         # Parses (cached) within max_tokens; then depth, aliases and cost with fragments expanded.
         lambda: QueryLimits(limits, cache_size=1024),
         RejectNul,
+        RequireOperationName,
         lambda: CachedValidation(hide_suggestions=hide_suggestions),
         AuthRateLimit,  # the sign-in buckets, after validation, before any resolver
     ]
