@@ -56,10 +56,11 @@ bench: $(STAMP)
 	fi
 	$(BIN)/python $(BENCH) $(BENCH_ARGS)
 
-## lint: ruff check and format check
+## lint: ruff check and format check, and the layer contract (import-linter, [tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check aicm tests scripts deploy bench
 	$(BIN)/ruff format --check aicm tests scripts deploy bench
+	$(BIN)/lint-imports
 
 ## build: wheel and sdist into $(DIST)/, and the launcher ./bin/aicli-api (the guide's entry point)
 build: $(STAMP)

@@ -23,18 +23,20 @@ from aicm.http.graphql import GraphQLApp
 from aicm.http.middleware.access_log import AccessLogMiddleware
 from aicm.http.middleware.client_ip import ClientIPMiddleware
 from aicm.http.middleware.csrf import CSRFMiddleware
+from aicm.http.middleware.publisher import PublisherMiddleware
 from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
 from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
 from aicm.logs import configure_logging
 from aicm.ratelimit import make_rate_limits
+from aicm.redis_pool import make_redis
 from aicm.resolvers.auth import AuthServices
-from aicm.resolvers.unit_of_work import set_publisher
 from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
-from aicm.runtime import Runtime, make_redis
+from aicm.runtime import Runtime
 from aicm.subscriptions.broker import Broker, make_broker
+from aicm.subscriptions.publisher import Publisher, installed
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -48,8 +50,8 @@ def build_app(settings: Settings) -> Starlette:
             broker = make_broker(settings, client=redis)
             await broker.start()
             stack.push_async_callback(broker.close)
-            set_publisher(broker.publish)
-            stack.callback(set_publisher, None)
+            publisher = Publisher(broker)
+            stack.enter_context(installed(publisher))  # for the tasks the lifespan starts (embedded runner)
             await stack.enter_async_context(metrics.sampling())
             executor, dispatcher = await _task_runner(settings, broker, redis is None, stack)
             auth = AuthServices(
@@ -62,6 +64,7 @@ def build_app(settings: Settings) -> Starlette:
                 settings=settings,
                 auth=auth,
                 broker=broker,
+                publisher=publisher,
                 dispatcher=dispatcher,
                 redis=redis,
                 executor=executor,
@@ -82,6 +85,7 @@ def build_app(settings: Settings) -> Starlette:
     middleware = [
         # Outermost first: every later layer (and its log lines) sees the request id.
         Middleware(RequestIdMiddleware),
+        Middleware(PublisherMiddleware),
         Middleware(ClientIPMiddleware, trusted_proxies=settings.server.trusted_proxies),
         Middleware(AccessLogMiddleware),
         *([Middleware(metrics.HTTPMetricsMiddleware)] if settings.monitoring.metrics.enabled else []),

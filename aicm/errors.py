@@ -1,6 +1,7 @@
 """The application's error hierarchy: one class per CONTRACT §3 code.
 
-Domain code raises these; ``aicm.schema.errors`` maps them to ``extensions.code`` in one place.
+Domain code raises these; ``aicm.schema.errors`` maps them to ``extensions.code`` in one place, and
+``aicm.http.errors`` builds the same body (with the code's HTTP status) for refusals outside GraphQL.
 """
 
 from __future__ import annotations
@@ -64,3 +65,16 @@ class QueryTooComplex(AppError):
     code = "QUERY_TOO_COMPLEX"
     default_message = "Query is too complex"
 
+
+class PersistedQueryNotFound(AppError):
+    """Apollo's protocol: the client retries with the query text (over HTTP 200, as Apollo expects)."""
+
+    code = "PERSISTED_QUERY_NOT_FOUND"
+    default_message = "PersistedQueryNotFound"
+
+
+class PersistedQueryNotSupported(AppError):
+    """Apollo's protocol: the client stops sending hashes."""
+
+    code = "PERSISTED_QUERY_NOT_SUPPORTED"
+    default_message = "PersistedQueryNotSupported"

@@ -81,4 +81,3 @@ BUILT_IN_ROLES: tuple[BuiltInRole, ...] = (
     BuiltInRole(DEVELOPER, "PROJECT", "Create tasks and cancel their own", _DEVELOPER),
     BuiltInRole(VIEWER, "PROJECT", "Read the project, its members, tasks and logs", _VIEWER),
 )
-BUILT_IN_BY_NAME = {r.name: r for r in BUILT_IN_ROLES}

@@ -16,7 +16,7 @@ import secrets
 from starlette.responses import HTMLResponse
 from strawberry.http.ides import get_graphql_ide_html
 
-from aicm.http.middleware.csrf import CSRF_COOKIE, CSRF_HEADER
+from aicm.http.cookies import CSRF_COOKIE, CSRF_HEADER
 from aicm.http.middleware.security_headers import graphiql_csp
 
 __all__ = ["NONCE", "GraphiQLPage"]

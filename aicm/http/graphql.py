@@ -20,7 +20,7 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -36,12 +36,14 @@ from strawberry.types.unset import UNSET
 from aicm.auth.tokens import bearer_token
 from aicm.auth.viewer import Viewer
 from aicm.config import Settings
-from aicm.errors import Unauthenticated
+from aicm.errors import AppError, BadUserInput, Forbidden, NotFound, Unauthenticated
+from aicm.http.errors import error_item, error_response
 from aicm.http.graphiql import GraphiQLPage
+from aicm.http.persisted_queries import PersistedQueries
+from aicm.http.refresh_cookie import RefreshCookie
 from aicm.http.websocket import LegacyWSHandler, TransportWSHandler
 from aicm.schema import build_schema
 from aicm.schema.context import Context, viewer_from_authorization, viewer_from_claims
-from aicm.schema.extensions.persisted_queries import PersistedQueries, PersistedQueryError
 
 log = logging.getLogger("aicm.http")
 
@@ -51,18 +53,18 @@ HTTP_OPERATIONS = {
     "GET": frozenset({OperationType.QUERY}),
     "POST": frozenset({OperationType.QUERY, OperationType.MUTATION}),
 }
-_STATUS_CODES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND"}
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-def _error(
-    message: str, code: str, status: int, headers: dict[str, str], **extensions: object
-) -> JSONResponse:
-    body = {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
-    return JSONResponse(body, status_code=status, headers=headers)
+def _transport_extensions(settings: Settings) -> list[Any]:
+    cookie = settings.security.refresh_cookie
+    if not cookie.enabled:
+        return []
+    max_age = int(settings.jwt.refresh_token_duration)
+    return [lambda: RefreshCookie(cookie, max_age=max_age)]
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -74,7 +76,7 @@ class GraphQLApp(GraphQL[Context, None]):
         if settings.graphql.legacy_ws_protocol:
             protocols.append(GRAPHQL_WS_PROTOCOL)
         super().__init__(
-            build_schema(settings),
+            build_schema(settings, _transport_extensions(settings)),
             graphql_ide="graphiql" if settings.graphiql_enabled else None,
             allow_queries_via_get=True,
             subscription_protocols=protocols,
@@ -94,19 +96,18 @@ class GraphQLApp(GraphQL[Context, None]):
                 receive = self._capped(scope, receive)
             await super().__call__(scope, receive, send)
         except BodyTooLarge:
-            message = f"Request body is larger than {self.max_body_bytes} bytes"
-            await _error(message, "BAD_USER_INPUT", 413, {})(scope, receive, send)
+            error = BadUserInput(f"Request body is larger than {self.max_body_bytes} bytes")
+            await error_response(error, 413)(scope, receive, send)
         except Unauthenticated as exc:
             if scope["type"] != "http":
                 raise
-            headers = {"WWW-Authenticate": "Bearer"}
-            await _error(exc.message, exc.code, 401, headers, **exc.extensions)(scope, receive, send)
+            await error_response(exc, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
         except (RedisError, OSError):
             if scope["type"] != "http":
                 raise
             log.warning("session store unreachable", extra={"event": "dependency_unavailable"}, exc_info=True)
-            message = "Service temporarily unavailable; retry shortly"
-            await _error(message, "INTERNAL_SERVER_ERROR", 503, {"Retry-After": "1"})(scope, receive, send)
+            unavailable = AppError("Service temporarily unavailable; retry shortly")
+            await error_response(unavailable, 503, {"Retry-After": "1"})(scope, receive, send)
 
     def _capped(self, scope: Scope, receive: Receive) -> Receive:
         """``receive`` raising BodyTooLarge past ``graphql.max_body_bytes`` (declared or actually sent)."""
@@ -135,8 +136,7 @@ class GraphQLApp(GraphQL[Context, None]):
             if self.is_websocket_request(request):
                 raise
             headers = {"Allow": "POST"} if exc.status_code == 405 else {}
-            code = _STATUS_CODES.get(exc.status_code, "BAD_USER_INPUT")
-            return _error(exc.reason, code, exc.status_code, headers)
+            return error_response(_refusal(exc), exc.status_code, headers)
 
     def decode_json(self, data: str | bytes) -> object:
         """Any undecodable body (bad UTF-8, nesting past the interpreter's limit, huge numbers) is a 400."""
@@ -180,9 +180,11 @@ class GraphQLApp(GraphQL[Context, None]):
         redis = context.runtime.redis
         try:
             query, to_store = await self.persisted.resolve(redis, request_data.query, request_data.extensions)
-        except PersistedQueryError as exc:
-            error = GraphQLError(exc.message, extensions={"code": exc.code, **exc.extensions})
-            return ExecutionResult(data=None, errors=[error])
+        except AppError as exc:  # answered inside the GraphQL result (HTTP 200), as Apollo clients expect
+            item = error_item(exc)
+            return ExecutionResult(
+                data=None, errors=[GraphQLError(item["message"], extensions=item["extensions"])]
+            )
         try:
             result = await self.schema.execute(
                 query,
@@ -240,3 +242,9 @@ class GraphQLApp(GraphQL[Context, None]):
         delay = max(0.0, claims.expires_at - time.time())
         loop = asyncio.get_running_loop()
         context.timers.append(loop.call_later(delay, lambda: asyncio.ensure_future(expire())))
+
+
+def _refusal(exc: HTTPException) -> AppError:
+    """Strawberry's and our own request refusals, as the error whose code goes with their status."""
+    by_status: dict[int, type[AppError]] = {401: Unauthenticated, 403: Forbidden, 404: NotFound}
+    return by_status.get(exc.status_code, BadUserInput)(exc.reason)

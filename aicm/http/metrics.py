@@ -72,7 +72,6 @@ __all__ = [
 log = logging.getLogger("aicm.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-UNKNOWN_PATH = "__unknown__"
 SCRAPE_READ_TIMEOUT = 1.0  # seconds a scrape waits for the session store
 SAMPLE_INTERVAL = 5.0  # seconds between pool samples in each worker (multiprocess mode)
 

@@ -29,19 +29,13 @@ from aicm.auth.oauth import FLOW_TTL, Identity, OAuthProviders, ProviderError, f
 from aicm.auth.viewer import Viewer
 from aicm.config import Settings
 from aicm.errors import AppError, BadUserInput, Conflict, NotFound, Unauthenticated
+from aicm.http.errors import error_response
 from aicm.resolvers import oauth as resolvers
 from aicm.resolvers.auth import AuthResult
 from aicm.schema.context import client_ip
 from aicm.schema.relay import encode_id
 
 FLOW = "flow"
-STATUS = {
-    "UNAUTHENTICATED": 401,
-    "FORBIDDEN": 403,
-    "NOT_FOUND": 404,
-    "BAD_USER_INPUT": 400,
-    "CONFLICT": 409,
-}
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
 
 
@@ -206,8 +200,7 @@ class OAuthEndpoints:
             if reason := error.extensions.get("reason"):
                 fragment["error_reason"] = str(reason)
             return self._to_frontend(fragment)
-        status = 502 if isinstance(error, Unavailable) else STATUS.get(error.code, 500)
-        return _error_json(error, status)
+        return error_response(error, 502 if isinstance(error, Unavailable) else None, NO_STORE)
 
     def _clear(self, request: Request, name: str, response: Response) -> Response:
         response.delete_cookie(_cookie_name(name), path=urlsplit(self._redirect_uri(request, name)).path)
@@ -231,13 +224,8 @@ def _cookie_name(provider: str) -> str:
     return f"aicm_oauth_{safe}"
 
 
-def _error_json(error: AppError, status: int) -> JSONResponse:
-    body = {"errors": [{"message": error.message, "extensions": {"code": error.code, **error.extensions}}]}
-    return JSONResponse(body, status_code=status, headers=NO_STORE)
-
-
 def _not_found(name: str) -> JSONResponse:
-    return _error_json(NotFound(f"Unknown OAuth provider {name[:64]!r}"), 404)
+    return error_response(NotFound(f"Unknown OAuth provider {name[:64]!r}"), headers=NO_STORE)
 
 
 def routes(settings: Settings) -> list[Route]:

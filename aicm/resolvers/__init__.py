@@ -1,5 +1,1 @@
-"""Domain logic, one module per domain; no HTTP and no Strawberry here."""
-
-from aicm.resolvers import audit, auth, projects, roles, subscriptions, tasks, users
-
-__all__ = ["audit", "auth", "projects", "roles", "subscriptions", "tasks", "users"]
+"""Domain logic, one module per domain; no HTTP and no Strawberry here. Import the modules themselves."""

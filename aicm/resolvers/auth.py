@@ -16,8 +16,9 @@ from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, NotFound, Unauthenticated
 from aicm.metrics import AUTH_ATTEMPTS
 from aicm.resolvers import users
-from aicm.resolvers.unit_of_work import publish, unit_of_work
+from aicm.resolvers.unit_of_work import unit_of_work
 from aicm.subscriptions import channels
+from aicm.subscriptions.publisher import publish
 
 security = logging.getLogger("aicm.security")
 

@@ -1,9 +1,7 @@
-"""Keyset pagination for connections: opaque cursors, page size 1..100, one COUNT and one SELECT."""
+"""Keyset pagination for connections: cursors of `aicm.ids`, page size 1..100, one COUNT and one SELECT."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,24 +9,10 @@ from typing import Any
 from tortoise.queryset import QuerySet
 
 from aicm.errors import BadUserInput
+from aicm.ids import decode_cursor
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
-
-
-def encode_cursor(key: int) -> str:
-    return base64.urlsafe_b64encode(f"cursor:{key}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, key = raw.partition(":")
-        if kind != "cursor":
-            raise ValueError(kind)
-        return int(key)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise BadUserInput("Malformed cursor in 'after'", field="after") from exc
 
 
 def page_size(first: int | None) -> int:

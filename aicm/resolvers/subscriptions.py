@@ -16,9 +16,10 @@ from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer, load_viewer
 from aicm.errors import AppError, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
-from aicm.runner.logs import line_payload
+from aicm.resolvers.logs import lines_after
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker, Event, FellBehind, Missed, Subscription
+from aicm.subscriptions.events import line_payload
 
 REPLAY_PAGE = 1000
 
@@ -111,9 +112,7 @@ async def task_updates(
 
 async def _stored(task_id: int, after_seq: int) -> AsyncIterator[dict[str, Any]]:
     while True:
-        rows = (
-            await models.TaskLog.filter(task_id=task_id, seq__gt=after_seq).order_by("seq").limit(REPLAY_PAGE)
-        )
+        rows = await lines_after(task_id, after_seq, REPLAY_PAGE)
         for row in rows:
             yield line_payload(row)
         if len(rows) < REPLAY_PAGE:

@@ -11,7 +11,7 @@ from aicm.auth import authorization
 from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict
-from aicm.resolvers import validation
+from aicm.resolvers import logs, validation
 from aicm.resolvers.pagination import Page, page_size, paginate
 from aicm.resolvers.unit_of_work import unit_of_work
 from aicm.subscriptions import channels, events
@@ -116,4 +116,4 @@ async def task_logs(task: models.Task, *, after_seq: int, first: int | None) -> 
     if after_seq < 0:
         raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
     size = page_size(first)
-    return await models.TaskLog.filter(task_id=task.id, seq__gt=after_seq).order_by("seq").limit(size)
+    return await logs.lines_after(task.id, after_seq, size)

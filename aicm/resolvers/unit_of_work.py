@@ -1,14 +1,14 @@
 """One transaction per mutation: the change, its audit row, and events published only after the commit.
 
 Tortoise offers no on-commit hook, so events queued with ``emit`` are published here, once the transaction
-has committed; a rolled-back change publishes nothing.
+has committed; a rolled-back change publishes nothing. Events go to the context's current publisher
+(``subscriptions/publisher.py``), which the app installs per request.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,27 +17,7 @@ from tortoise.transactions import in_transaction
 
 from aicm import models
 from aicm.auth.viewer import Viewer
-
-log = logging.getLogger("aicm.events")
-
-Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]
-_publisher: Publisher | None = None
-
-
-def set_publisher(publisher: Publisher | None) -> None:
-    """Installed by the app's lifespan (the process's broker); None drops events (no subscribers possible)."""
-    global _publisher
-    _publisher = publisher
-
-
-async def publish(channel: str, payload: dict[str, Any]) -> None:
-    """Publish outside a unit of work (e.g. runner progress); failures are logged, never raised to callers."""
-    if _publisher is None:
-        return
-    try:
-        await _publisher(channel, payload)
-    except Exception:
-        log.exception("event publish failed", extra={"event": "event_publish_failed", "channel": channel})
+from aicm.subscriptions.publisher import publish
 
 
 @dataclass

@@ -45,10 +45,6 @@ _SCP_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
 REPOSITORY_SCHEMES = ("https://", "ssh://", "git://")
 
 
-def optional_text(value: str | None, field: str, *, max_len: int) -> str | None:
-    return None if value is None else text(value, field, max_len=max_len)
-
-
 def slug(value: str, field: str = "slug") -> str:
     no_nul(value, field)
     if not SLUG_RE.match(value):

@@ -21,13 +21,14 @@ from tortoise.transactions import in_transaction
 from aicm import models
 from aicm.config import Settings
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
-from aicm.resolvers.unit_of_work import publish
 from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env
-from aicm.runner.logs import LogWriter, line_payload
+from aicm.runner.logs import LogWriter
 from aicm.runner.process import AgentNotFound, AgentProcess
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker, Event
+from aicm.subscriptions.events import line_payload
+from aicm.subscriptions.publisher import publish
 
 log = logging.getLogger("aicm.runner")
 

@@ -14,22 +14,12 @@ from typing import Any
 from tortoise.transactions import in_transaction
 
 from aicm import models
-from aicm.resolvers.unit_of_work import publish
 from aicm.subscriptions import channels
+from aicm.subscriptions.events import line_payload
+from aicm.subscriptions.publisher import publish
 
 FLUSH_INTERVAL = 0.05
 MAX_BATCH = 100
-
-
-def line_payload(row: models.TaskLog) -> dict[str, Any]:
-    return {
-        "seq": row.seq,
-        "at": row.at.isoformat(),
-        "stream": row.stream,
-        "kind": row.kind,
-        "text": row.text,
-        "data": row.data,
-    }
 
 
 class LogWriter:

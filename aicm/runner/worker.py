@@ -16,11 +16,11 @@ from tortoise import Tortoise
 
 from aicm.config import Settings
 from aicm.db import tortoise_config
-from aicm.resolvers.unit_of_work import set_publisher
+from aicm.redis_pool import make_redis
 from aicm.runner.dispatch import request_cancel
 from aicm.runner.executor import TaskExecutor
-from aicm.runtime import make_redis
 from aicm.subscriptions.broker import Broker, make_broker
+from aicm.subscriptions.publisher import Publisher, set_current
 
 log = logging.getLogger("aicm.worker")
 
@@ -60,7 +60,7 @@ async def run_worker(
     await Tortoise.init(config=tortoise_config(settings))
     broker = make_broker(settings, client=redis)
     await broker.start()
-    set_publisher(broker.publish)
+    set_current(Publisher(broker))
     executor = TaskExecutor(settings, broker)
     await executor.start(local_queue=False)
     queue = make_queue(settings, queue_name)
@@ -79,7 +79,7 @@ async def run_worker(
         watcher.cancel()
         await executor.close()
         await queue.disconnect()
-        set_publisher(None)
+        set_current(None)
         await broker.close()
         await Tortoise.close_connections()
         if redis is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from strawberry.extensions import DisableIntrospection
@@ -15,8 +16,8 @@ from aicm.schema.extensions.auth_rate_limit import AuthRateLimit
 from aicm.schema.extensions.limits import Limits, QueryLimits
 from aicm.schema.extensions.metrics import GraphQLMetrics
 from aicm.schema.extensions.nul import RejectNul
+from aicm.schema.extensions.operation_name import RequireOperationName
 from aicm.schema.extensions.persisted_queries import Safelist, load_manifest
-from aicm.schema.extensions.refresh_cookie import RefreshCookie
 from aicm.schema.extensions.validation import CachedValidation, QuietExecutionContext
 from aicm.schema.oauth import OAuthMutations, OAuthQueries
 from aicm.schema.projects import ProjectMutations, ProjectQueries
@@ -33,7 +34,8 @@ Mutation = merge_types(
 )
 
 
-def build_schema(settings: Settings) -> Schema:
+def build_schema(settings: Settings, transport_extensions: Sequence[Callable[[], Any]] = ()) -> Schema:
+    """``transport_extensions`` (the HTTP layer's, e.g. the refresh cookie) run after every other one."""
     graphql = settings.graphql
     limits = Limits.from_config(graphql)
     hide_suggestions = not settings.suggestions_enabled
@@ -51,13 +53,11 @@ def build_schema(settings: Settings) -> Schema:
         # Parses (cached) within max_tokens; then depth, aliases and cost with fragments expanded.
         lambda: QueryLimits(limits, cache_size=1024),
         RejectNul,
+        RequireOperationName,
         lambda: CachedValidation(hide_suggestions=hide_suggestions),
         AuthRateLimit,  # the sign-in buckets, after validation, before any resolver
     ]
-    cookie = settings.security.refresh_cookie
-    if cookie.enabled:
-        max_age = int(settings.jwt.refresh_token_duration)
-        extensions.append(lambda: RefreshCookie(cookie, max_age=max_age))
+    extensions += transport_extensions
     return Schema(
         query=Query,
         mutation=Mutation,

@@ -7,8 +7,9 @@ from datetime import datetime
 import strawberry
 from strawberry.scalars import JSON
 
-from aicm import models, resolvers
+from aicm import models
 from aicm.auth.permissions import Permission
+from aicm.resolvers import audit as audit_resolvers
 from aicm.schema.context import Info
 from aicm.schema.permissions import has_permission
 from aicm.schema.relay import Connection, connection, encode_id
@@ -53,5 +54,5 @@ class AuditQueries:
     async def audit_log(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> Connection[AuditLogEntry]:
-        page = await resolvers.audit.list_audit_log(info.context.viewer, first=first, after=after)
+        page = await audit_resolvers.list_audit_log(info.context.viewer, first=first, after=after)
         return connection(page, AuditLogEntry.from_model)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import strawberry
 
-from aicm import resolvers
 from aicm.auth.sessions import SessionRecord
+from aicm.resolvers import auth as auth_resolvers
 from aicm.resolvers.auth import AuthResult, AuthServices
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
@@ -87,7 +87,7 @@ class AuthQueries:
     )
     async def my_sessions(self, info: Info) -> list[Session]:
         viewer = info.context.viewer
-        records = await resolvers.auth.list_sessions(_services(info), viewer)
+        records = await auth_resolvers.list_sessions(_services(info), viewer)
         return [Session.from_record(r, viewer.session_id) for r in records]
 
 
@@ -95,14 +95,14 @@ class AuthQueries:
 class AuthMutations:
     @strawberry.mutation
     async def register(self, info: Info, input: RegisterInput) -> AuthPayload:
-        result = await resolvers.auth.register(
+        result = await auth_resolvers.register(
             _services(info), info.context.viewer, email=input.email, password=input.password, name=input.name
         )
         return AuthPayload.from_result(result)
 
     @strawberry.mutation
     async def login(self, info: Info, input: LoginInput) -> AuthPayload:
-        result = await resolvers.auth.login(
+        result = await auth_resolvers.login(
             _services(info), info.context.viewer, email=input.email, password=input.password
         )
         return AuthPayload.from_result(result)
@@ -110,25 +110,25 @@ class AuthMutations:
     @strawberry.mutation
     async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
         return AuthPayload.from_result(
-            await resolvers.auth.refresh(_services(info), info.context.viewer, refresh_token)
+            await auth_resolvers.refresh(_services(info), info.context.viewer, refresh_token)
         )
 
     @strawberry.mutation(permission_classes=[IsAuthenticated], description="Ends the caller's session.")
     async def logout(self, info: Info) -> bool:
-        return await resolvers.auth.logout(_services(info), info.context.viewer)
+        return await auth_resolvers.logout(_services(info), info.context.viewer)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated], description="Ends your other sessions too.")
     async def change_password(self, info: Info, input: ChangePasswordInput) -> bool:
-        return await resolvers.auth.change_password(
+        return await auth_resolvers.change_password(
             _services(info), info.context.viewer, current=input.current_password, new=input.new_password
         )
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def revoke_session(self, info: Info, id: strawberry.ID) -> bool:
-        return await resolvers.auth.revoke_session(_services(info), info.context.viewer, _session_id(id))
+        return await auth_resolvers.revoke_session(_services(info), info.context.viewer, _session_id(id))
 
     @strawberry.mutation(
         permission_classes=[IsAuthenticated], description="Ends your other sessions; returns how many."
     )
     async def revoke_all_sessions(self, info: Info) -> int:
-        return await resolvers.auth.revoke_all_sessions(_services(info), info.context.viewer)
+        return await auth_resolvers.revoke_all_sessions(_services(info), info.context.viewer)

@@ -7,8 +7,10 @@ from enum import Enum
 
 import strawberry
 
-from aicm import models, resolvers
+from aicm import models
 from aicm.auth import authorization
+from aicm.resolvers import projects as projects_resolvers
+from aicm.resolvers import tasks as tasks_resolvers
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
@@ -85,7 +87,7 @@ class Project:
     async def tasks(
         self, info: Info, status: TaskStatus | None = None, first: int | None = 20, after: str | None = None
     ) -> Connection[Task]:
-        page = await resolvers.tasks.list_tasks(
+        page = await tasks_resolvers.list_tasks(
             info.context.viewer,
             project_id=self.pk,
             status=models.TaskStatus(status.value) if status else None,
@@ -127,7 +129,7 @@ def _membership_ids(project_id: strawberry.ID, user_id: strawberry.ID) -> tuple[
 class ProjectQueries:
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def project(self, info: Info, id: strawberry.ID) -> Project:
-        return Project.from_model(await resolvers.projects.get_project(info.context.viewer, _project_id(id)))
+        return Project.from_model(await projects_resolvers.get_project(info.context.viewer, _project_id(id)))
 
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def projects(
@@ -138,7 +140,7 @@ class ProjectQueries:
         search: str | None = None,
         include_archived: bool = False,
     ) -> Connection[Project]:
-        page = await resolvers.projects.list_projects(
+        page = await projects_resolvers.list_projects(
             info.context.viewer, first=first, after=after, search=search, include_archived=include_archived
         )
         return connection(page, Project.from_model)
@@ -148,7 +150,7 @@ class ProjectQueries:
 class ProjectMutations:
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def create_project(self, info: Info, input: CreateProjectInput) -> Project:
-        project = await resolvers.projects.create_project(
+        project = await projects_resolvers.create_project(
             info.context.viewer,
             name=input.name,
             description=input.description,
@@ -159,7 +161,7 @@ class ProjectMutations:
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def update_project(self, info: Info, id: strawberry.ID, input: UpdateProjectInput) -> Project:
-        project = await resolvers.projects.update_project(
+        project = await projects_resolvers.update_project(
             info.context.viewer,
             _project_id(id),
             name=input.name,
@@ -171,12 +173,12 @@ class ProjectMutations:
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def archive_project(self, info: Info, id: strawberry.ID) -> Project:
         return Project.from_model(
-            await resolvers.projects.archive_project(info.context.viewer, _project_id(id))
+            await projects_resolvers.archive_project(info.context.viewer, _project_id(id))
         )
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def delete_project(self, info: Info, id: strawberry.ID) -> bool:
-        return await resolvers.projects.delete_project(info.context.viewer, _project_id(id))
+        return await projects_resolvers.delete_project(info.context.viewer, _project_id(id))
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def add_project_member(
@@ -184,7 +186,7 @@ class ProjectMutations:
     ) -> ProjectMember:
         ids = _membership_ids(project_id, user_id)
         role = decode_id(role_id, "Role", field="roleId")
-        member = await resolvers.projects.add_project_member(info.context.viewer, *ids, role)
+        member = await projects_resolvers.add_project_member(info.context.viewer, *ids, role)
         return ProjectMember.from_model(member)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
@@ -193,13 +195,13 @@ class ProjectMutations:
     ) -> ProjectMember:
         ids = _membership_ids(project_id, user_id)
         role = decode_id(role_id, "Role", field="roleId")
-        member = await resolvers.projects.update_project_member(info.context.viewer, *ids, role)
+        member = await projects_resolvers.update_project_member(info.context.viewer, *ids, role)
         return ProjectMember.from_model(member)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def remove_project_member(
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID
     ) -> bool:
-        return await resolvers.projects.remove_project_member(
+        return await projects_resolvers.remove_project_member(
             info.context.viewer, *_membership_ids(project_id, user_id)
         )

@@ -1,51 +1,19 @@
-"""Opaque IDs and Relay-style connection types (``edges``, ``pageInfo``, ``totalCount``)."""
+"""Relay-style connection types (``edges``, ``pageInfo``, ``totalCount``), and the ID codec of ``aicm.ids``
+as the schema modules use it."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import strawberry
 
-from aicm.errors import BadUserInput, NotFound
-from aicm.resolvers.pagination import Page, encode_cursor
+from aicm.ids import decode_id, decode_opaque, encode_cursor, encode_id
+from aicm.resolvers.pagination import Page
+
+__all__ = ["Connection", "Edge", "PageInfo", "connection", "decode_id", "decode_opaque", "encode_id"]
 
 N = TypeVar("N")
-
-
-def encode_id(type_name: str, pk: int | str) -> strawberry.ID:
-    return strawberry.ID(base64.urlsafe_b64encode(f"{type_name}:{pk}".encode()).decode().rstrip("="))
-
-
-def decode_opaque(value: str, type_name: str, *, field: str = "id") -> str:
-    """The key behind an opaque ID of the expected type.
-
-    A malformed ID is bad input; a well-formed ID of another type names nothing and answers NOT_FOUND.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise BadUserInput(f"Malformed ID in '{field}'", field=field) from exc
-    kind, sep, key = raw.partition(":")
-    if not sep or not key:
-        raise BadUserInput(f"Malformed ID in '{field}'", field=field)
-    if kind != type_name:
-        raise NotFound(f"{type_name} not found")
-    return key
-
-
-def decode_id(value: str, type_name: str, *, field: str = "id") -> int:
-    """The integer primary key behind an opaque ID (see ``decode_opaque``)."""
-    key = decode_opaque(value, type_name, field=field)
-    try:
-        number = int(key)
-    except ValueError as exc:
-        raise BadUserInput(f"Malformed ID in '{field}'", field=field) from exc
-    if not 1 <= number < 2**63:
-        raise NotFound(f"{type_name} not found")
-    return number
 
 
 @strawberry.type

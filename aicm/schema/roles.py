@@ -6,8 +6,9 @@ from enum import Enum
 
 import strawberry
 
-from aicm import models, resolvers
+from aicm import models
 from aicm.auth.permissions import Permission
+from aicm.resolvers import roles as roles_resolvers
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated, has_permission
 from aicm.schema.relay import decode_id, encode_id
@@ -59,21 +60,21 @@ class UpdateRoleInput:
 class RoleQueries:
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def roles(self, info: Info, scope: RoleScope | None = None) -> list[Role]:
-        rows = await resolvers.roles.list_roles(
+        rows = await roles_resolvers.list_roles(
             info.context.viewer, scope=models.RoleScope(scope.value) if scope else None
         )
         return [Role.from_model(r) for r in rows]
 
     @strawberry.field(permission_classes=[IsAuthenticated], description="Every permission string.")
     def permissions(self, info: Info) -> list[str]:
-        return resolvers.roles.list_permissions(info.context.viewer)
+        return roles_resolvers.list_permissions(info.context.viewer)
 
 
 @strawberry.type
 class RoleMutations:
     @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
     async def create_role(self, info: Info, input: CreateRoleInput) -> Role:
-        role = await resolvers.roles.create_role(
+        role = await roles_resolvers.create_role(
             info.context.viewer,
             name=input.name,
             description=input.description,
@@ -84,7 +85,7 @@ class RoleMutations:
 
     @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
     async def update_role(self, info: Info, id: strawberry.ID, input: UpdateRoleInput) -> Role:
-        role = await resolvers.roles.update_role(
+        role = await roles_resolvers.update_role(
             info.context.viewer,
             decode_id(id, "Role"),
             name=input.name,
@@ -95,4 +96,4 @@ class RoleMutations:
 
     @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
     async def delete_role(self, info: Info, id: strawberry.ID) -> bool:
-        return await resolvers.roles.delete_role(info.context.viewer, decode_id(id, "Role"))
+        return await roles_resolvers.delete_role(info.context.viewer, decode_id(id, "Role"))

@@ -9,9 +9,10 @@ from typing import Any
 
 import strawberry
 
-from aicm import models, resolvers
+from aicm import models
 from aicm.errors import BadUserInput
 from aicm.metrics import GRAPHQL_SUBSCRIPTIONS
+from aicm.resolvers import subscriptions as subscriptions_resolvers
 from aicm.resolvers.loaders import Loaders
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
@@ -96,7 +97,7 @@ class Subscription:
         self, info: Info, project_id: strawberry.ID
     ) -> AsyncGenerator[ProjectEvent, None]:
         context = info.context
-        stream = resolvers.subscriptions.project_events(
+        stream = subscriptions_resolvers.project_events(
             context.viewer,
             context.runtime.broker,
             context.runtime.auth,
@@ -109,7 +110,7 @@ class Subscription:
     @strawberry.subscription(permission_classes=[IsAuthenticated])
     async def task_updates(self, info: Info, task_id: strawberry.ID) -> AsyncGenerator[Task, None]:
         context = info.context
-        stream = resolvers.subscriptions.task_updates(
+        stream = subscriptions_resolvers.task_updates(
             context.viewer,
             context.runtime.broker,
             context.runtime.auth,
@@ -129,7 +130,7 @@ class Subscription:
         context = info.context
         if after_seq < 0:
             raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
-        stream = resolvers.subscriptions.task_logs(
+        stream = subscriptions_resolvers.task_logs(
             context.viewer,
             context.runtime.broker,
             context.runtime.auth,

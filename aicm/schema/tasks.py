@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from strawberry.scalars import JSON
 
-from aicm import models, resolvers
+from aicm import models
+from aicm.resolvers import tasks as tasks_resolvers
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
@@ -100,10 +101,10 @@ class Task:
 
     @strawberry.field(description="Stored log lines with seq > afterSeq, oldest first.")
     async def logs(self, info: Info, after_seq: int = 0, first: int = 100) -> list[TaskLogLine]:
-        task = await resolvers.tasks.get_task(info.context.viewer, self.pk)
+        task = await tasks_resolvers.get_task(info.context.viewer, self.pk)
         return [
             TaskLogLine.from_model(line)
-            for line in await resolvers.tasks.task_logs(task, after_seq=after_seq, first=first)
+            for line in await tasks_resolvers.task_logs(task, after_seq=after_seq, first=first)
         ]
 
 
@@ -121,7 +122,7 @@ def _task_id(value: strawberry.ID) -> int:
 class TaskQueries:
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def task(self, info: Info, id: strawberry.ID) -> Task:
-        return Task.from_model(await resolvers.tasks.get_task(info.context.viewer, _task_id(id)))
+        return Task.from_model(await tasks_resolvers.get_task(info.context.viewer, _task_id(id)))
 
     @strawberry.field(permission_classes=[IsAuthenticated], description="Newest first.")
     async def tasks(
@@ -132,7 +133,7 @@ class TaskQueries:
         first: int | None = 20,
         after: str | None = None,
     ) -> Connection[Task]:
-        page = await resolvers.tasks.list_tasks(
+        page = await tasks_resolvers.list_tasks(
             info.context.viewer,
             project_id=decode_id(project_id, "Project", field="projectId") if project_id else None,
             status=models.TaskStatus(status.value) if status else None,
@@ -146,7 +147,7 @@ class TaskQueries:
 class TaskMutations:
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def create_task(self, info: Info, input: CreateTaskInput) -> Task:
-        task = await resolvers.tasks.create_task(
+        task = await tasks_resolvers.create_task(
             info.context.viewer,
             info.context.runtime.dispatcher,
             project_id=decode_id(input.project_id, "Project", field="projectId"),
@@ -156,14 +157,14 @@ class TaskMutations:
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def cancel_task(self, info: Info, id: strawberry.ID) -> Task:
-        task = await resolvers.tasks.cancel_task(
+        task = await tasks_resolvers.cancel_task(
             info.context.viewer, info.context.runtime.dispatcher, _task_id(id)
         )
         return Task.from_model(task)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def follow_up_task(self, info: Info, id: strawberry.ID, prompt: str) -> Task:
-        task = await resolvers.tasks.follow_up_task(
+        task = await tasks_resolvers.follow_up_task(
             info.context.viewer, info.context.runtime.dispatcher, _task_id(id), prompt=prompt
         )
         return Task.from_model(task)

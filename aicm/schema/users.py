@@ -6,8 +6,9 @@ from datetime import datetime
 
 import strawberry
 
-from aicm import models, resolvers
+from aicm import models
 from aicm.auth.permissions import Permission
+from aicm.resolvers import users as users_resolvers
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated, has_permission
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
@@ -71,13 +72,13 @@ class UserQueries:
         permission_classes=[IsAuthenticated], description="A user: yourself, or any with user:read."
     )
     async def user(self, info: Info, id: strawberry.ID) -> User:
-        return User.from_model(await resolvers.users.get_user(info.context.viewer, decode_id(id, "User")))
+        return User.from_model(await users_resolvers.get_user(info.context.viewer, decode_id(id, "User")))
 
     @strawberry.field(permission_classes=[has_permission(Permission.USER_READ)])
     async def users(
         self, info: Info, first: int | None = 20, after: str | None = None, search: str | None = None
     ) -> Connection[User]:
-        page = await resolvers.users.list_users(info.context.viewer, first=first, after=after, search=search)
+        page = await users_resolvers.list_users(info.context.viewer, first=first, after=after, search=search)
         return connection(page, User.from_model)
 
 
@@ -85,7 +86,7 @@ class UserQueries:
 class UserMutations:
     @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
     async def create_user(self, info: Info, input: CreateUserInput) -> User:
-        user = await resolvers.users.create_user(
+        user = await users_resolvers.create_user(
             info.context.viewer,
             email=input.email,
             name=input.name,
@@ -96,11 +97,11 @@ class UserMutations:
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def update_me(self, info: Info, input: UpdateMeInput) -> User:
-        return User.from_model(await resolvers.users.update_me(info.context.viewer, name=input.name))
+        return User.from_model(await users_resolvers.update_me(info.context.viewer, name=input.name))
 
     @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
     async def update_user(self, info: Info, id: strawberry.ID, input: UpdateUserInput) -> User:
-        user = await resolvers.users.update_user(
+        user = await users_resolvers.update_user(
             info.context.viewer, decode_id(id, "User"), name=input.name, email=input.email
         )
         return User.from_model(user)
@@ -108,12 +109,12 @@ class UserMutations:
     @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
     async def deactivate_user(self, info: Info, id: strawberry.ID) -> User:
         return User.from_model(
-            await resolvers.users.deactivate_user(info.context.viewer, decode_id(id, "User"))
+            await users_resolvers.deactivate_user(info.context.viewer, decode_id(id, "User"))
         )
 
     @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
     async def assign_role(self, info: Info, user_id: strawberry.ID, role_id: strawberry.ID) -> User:
-        user = await resolvers.users.assign_role(
+        user = await users_resolvers.assign_role(
             info.context.viewer,
             decode_id(user_id, "User", field="userId"),
             decode_id(role_id, "Role", field="roleId"),
@@ -123,7 +124,7 @@ class UserMutations:
 
     @strawberry.mutation(permission_classes=[has_permission(Permission.USER_MANAGE)])
     async def revoke_role(self, info: Info, user_id: strawberry.ID, role_id: strawberry.ID) -> bool:
-        return await resolvers.users.revoke_role(
+        return await users_resolvers.revoke_role(
             info.context.viewer,
             decode_id(user_id, "User", field="userId"),
             decode_id(role_id, "Role", field="roleId"),

@@ -1,4 +1,4 @@
-"""Event payloads published on project channels (``ProjectEvent`` in CONTRACT §3).
+"""Event payloads published on project, task and task-log channels (``ProjectEvent`` in CONTRACT §3).
 
 Payloads carry ids, not objects: a subscriber resolves them under its own viewer, so nothing it may not see
 leaks through an event.
@@ -54,4 +54,16 @@ def task_event(kind: str, task: models.Task, actor_id: int | None) -> dict[str, 
         "status": str(task.status),
         "actor_id": actor_id,
         "at": _now(),
+    }
+
+
+def line_payload(row: models.TaskLog) -> dict[str, Any]:
+    """One stored log line as the task-log channel and the ``taskLogs`` replay carry it."""
+    return {
+        "seq": row.seq,
+        "at": row.at.isoformat(),
+        "stream": row.stream,
+        "kind": row.kind,
+        "text": row.text,
+        "data": row.data,
     }

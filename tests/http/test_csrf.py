@@ -14,8 +14,9 @@ from starlette.routing import Route
 
 from aicm import models
 from aicm.config import RefreshCookieConfig
+from aicm.http.cookies import CSRF_COOKIE, REFRESH_COOKIE
 from aicm.http.graphql import GraphQLApp
-from aicm.http.middleware.csrf import CSRF_COOKIE, REFRESH_COOKIE, CSRFMiddleware
+from aicm.http.middleware.csrf import CSRFMiddleware
 from tests.conftest import Backend
 from tests.factories import PASSWORD, make_user
 from tests.graphql import assert_error, assert_ok

@@ -16,7 +16,8 @@ from starlette.routing import Route
 from aicm import models
 from aicm.config import ConfigError
 from aicm.http.graphql import GraphQLApp
-from aicm.schema.extensions.persisted_queries import MemoryQueryStore, load_manifest, sha256
+from aicm.http.persisted_queries import MemoryQueryStore
+from aicm.schema.extensions.persisted_queries import load_manifest, sha256
 from tests.conftest import Backend
 from tests.graphql import assert_error, assert_ok, error_codes
 

@@ -1,4 +1,4 @@
-"""CSRF defences on the GraphQL endpoint, and the refresh-token cookies they protect.
+"""CSRF defences on the GraphQL endpoint, for the refresh-token cookies of ``aicm.http.cookies``.
 
 - A ``POST`` must say ``Content-Type: application/json``: a cross-site form or ``no-cors`` fetch cannot send
   that without a CORS preflight, so a page on another site cannot make the browser post a mutation. Other
@@ -12,50 +12,20 @@
 from __future__ import annotations
 
 import hmac
-import json
-import secrets
 from typing import TYPE_CHECKING
 
 from starlette.requests import cookie_parser
 
+from aicm.errors import AppError, BadUserInput, Forbidden
+from aicm.http.cookies import CSRF_COOKIE, CSRF_HEADER, REFRESH_COOKIE
+from aicm.http.errors import send_error
+
 if TYPE_CHECKING:
-    from starlette.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from aicm.config import RefreshCookieConfig
+__all__ = ["CSRFMiddleware"]
 
-__all__ = [
-    "CSRF_COOKIE",
-    "CSRF_HEADER",
-    "REFRESH_COOKIE",
-    "CSRFMiddleware",
-    "clear_refresh_cookies",
-    "set_refresh_cookies",
-]
-
-CSRF_HEADER = "X-CSRF-Token"
-CSRF_COOKIE = "aicm_csrf"
-REFRESH_COOKIE = "aicm_refresh"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def set_refresh_cookies(
-    response: Response, refresh_token: str, *, config: RefreshCookieConfig, max_age: int, path: str
-) -> str:
-    """Set the HttpOnly refresh cookie and a fresh CSRF cookie; returns the CSRF token (also sent as a header,
-    for frontends that cannot read the cookie)."""
-    csrf = secrets.token_urlsafe(32)
-    common = {"max_age": max_age, "secure": config.secure, "samesite": config.same_site}
-    response.set_cookie(REFRESH_COOKIE, refresh_token, path=path, httponly=True, **common)  # type: ignore[arg-type]
-    response.set_cookie(CSRF_COOKIE, csrf, path="/", httponly=False, **common)  # type: ignore[arg-type]
-    response.headers[CSRF_HEADER] = csrf
-    return csrf
-
-
-def clear_refresh_cookies(response: Response, *, config: RefreshCookieConfig, path: str) -> None:
-    common = {"secure": config.secure, "samesite": config.same_site}
-    response.delete_cookie(REFRESH_COOKIE, path=path, httponly=True, **common)  # type: ignore[arg-type]
-    response.delete_cookie(CSRF_COOKIE, path="/", **common)  # type: ignore[arg-type]
 
 
 class CSRFMiddleware:
@@ -75,8 +45,8 @@ class CSRFMiddleware:
         if method == "POST":
             media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if media_type != "application/json":
-                message = "POST /graphql takes Content-Type: application/json"
-                await _reject(scope, receive, send, 415, "BAD_USER_INPUT", message)
+                error: AppError = BadUserInput("POST /graphql takes Content-Type: application/json")
+                await send_error(send, error, 415)
                 return
         if self.double_submit and method not in _SAFE_METHODS:
             cookies = cookie_parser(headers.get("cookie", ""))
@@ -84,7 +54,7 @@ class CSRFMiddleware:
                 headers.get(CSRF_HEADER.lower()), cookies.get(CSRF_COOKIE)
             ):
                 message = f"Missing or wrong {CSRF_HEADER} header (it must equal the {CSRF_COOKIE} cookie)"
-                await _reject(scope, receive, send, 403, "FORBIDDEN", message, reason="CSRF_TOKEN_MISMATCH")
+                await send_error(send, Forbidden(message, reason="CSRF_TOKEN_MISMATCH"))
                 return
         await self.app(scope, receive, send)
 
@@ -102,12 +72,3 @@ def _same(sent: str | None, expected: str | None) -> bool:
     if not sent or not expected:
         return False
     return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
-
-
-async def _reject(
-    scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str, **extensions: str
-) -> None:
-    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -11,12 +11,12 @@ The buckets come from ``app.state.runtime.rate_limits``; without a runtime (no l
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from aicm.auth.tokens import bearer_token
-from aicm.errors import AppError
+from aicm.errors import AppError, RateLimited
+from aicm.http.errors import error_item, send_error
 from aicm.logs import client_ip
 from aicm.ratelimit import Decision, RateLimits, client_key
 from aicm.schema.relay import encode_id
@@ -24,17 +24,13 @@ from aicm.schema.relay import encode_id
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["RateLimitMiddleware", "rate_limited_body", "subscribe_refusal"]
+__all__ = ["RateLimitMiddleware", "subscribe_refusal"]
 
 _AUTHORIZATION = b"authorization"
 
 
-def rate_limited_body(decision: Decision) -> bytes:
-    error = {
-        "message": "Too many requests; retry later",
-        "extensions": {"code": "RATE_LIMITED", "retryAfter": int(decision.retry_after_header)},
-    }
-    return json.dumps({"errors": [error]}).encode()
+def _rate_limited(decision: Decision) -> RateLimited:
+    return RateLimited("Too many requests; retry later", retryAfter=int(decision.retry_after_header))
 
 
 class RateLimitMiddleware:
@@ -70,10 +66,13 @@ class RateLimitMiddleware:
         if user_id is not None:  # the log line's user_id, as the GraphQL context would have set it
             scope.setdefault("state", {})["user_id"] = encode_id("User", user_id)
         limits.record_exceeded(kind, decision, path=scope.get("path"))
+        retry_after = {"Retry-After": decision.retry_after_header}
         if scope["type"] == "http":
-            await _send_429(send, decision, "http.response")
+            await send_error(send, _rate_limited(decision), headers=retry_after)
         elif "websocket.http.response" in (scope.get("extensions") or {}):
-            await _send_429(send, decision, "websocket.http.response")
+            await send_error(
+                send, _rate_limited(decision), headers=retry_after, prefix="websocket.http.response"
+            )
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": "Too many requests"})
 
@@ -96,17 +95,6 @@ def _user_id(scope: Scope) -> Any:
         return None
 
 
-async def _send_429(send: Send, decision: Decision, prefix: str) -> None:
-    body = rate_limited_body(decision)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", decision.retry_after_header.encode()),
-    ]
-    await send({"type": f"{prefix}.start", "status": 429, "headers": headers})
-    await send({"type": f"{prefix}.body", "body": body})
-
-
 async def subscribe_refusal(context: Any) -> dict[str, Any] | None:
     """For a WebSocket ``subscribe`` (``start``) message: None when the client may go on, else the error to
     send for that operation. The client is the signed-in viewer of the connection, else its IP."""
@@ -118,5 +106,4 @@ async def subscribe_refusal(context: Any) -> dict[str, Any] | None:
     if decision.allowed:
         return None
     limits.record_exceeded("subscribe", decision)
-    error: dict[str, Any] = json.loads(rate_limited_body(decision))["errors"][0]
-    return error
+    return error_item(_rate_limited(decision))

@@ -1,4 +1,6 @@
-"""Persisted queries (``graphql.persisted_queries``): Apollo's automatic persisted queries, or a safelist.
+"""Persisted queries (``graphql.persisted_queries``): the safelist manifest and its check on every transport.
+
+The request side (resolving a hash to its query, the APQ store) is ``aicm.http.persisted_queries``.
 
 ``apq`` speaks Apollo's protocol. A request may carry ``extensions.persistedQuery = {"version": 1,
 "sha256Hash": "<hex>"}`` instead of the query text (also over GET, so a CDN can cache it). A known hash runs
@@ -17,45 +19,23 @@ manifest is Apollo's persisted query manifest (``{"format": "apollo-persisted-qu
 
 from __future__ import annotations
 
-import abc
 import hashlib
 import json
-import logging
 import re
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from redis.exceptions import RedisError
 from strawberry.extensions import SchemaExtension
 
 from aicm.config import ConfigError
 from aicm.errors import BadUserInput
 from aicm.schema.extensions._reject import reject, rejected
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+__all__ = ["HASH", "Manifest", "Safelist", "load_manifest", "sha256"]
 
-    from aicm.config import Settings
-
-__all__ = [
-    "Manifest",
-    "MemoryQueryStore",
-    "PersistedQueries",
-    "PersistedQueryError",
-    "QueryStore",
-    "RedisQueryStore",
-    "Safelist",
-    "load_manifest",
-    "sha256",
-]
-
-log = logging.getLogger("aicm.graphql")
-_HASH = re.compile(r"[0-9a-fA-F]{64}")
-NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
-NOT_SUPPORTED = "PERSISTED_QUERY_NOT_SUPPORTED"
+HASH = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def sha256(query: str) -> str:
@@ -95,157 +75,8 @@ def load_manifest(path: str | Path) -> Manifest:
         digest = sha256(body)
         by_id[digest] = body
         if isinstance(op_id, str) and op_id:
-            by_id[op_id.lower() if _HASH.fullmatch(op_id) else op_id] = body
+            by_id[op_id.lower() if HASH.fullmatch(op_id) else op_id] = body
     return Manifest(by_id, frozenset(sha256(body) for body in by_id.values()))
-
-
-# --------------------------------------------------------------------------- the APQ store
-
-
-class QueryStore(abc.ABC):
-    @abc.abstractmethod
-    async def get(self, digest: str) -> str | None: ...
-
-    @abc.abstractmethod
-    async def put(self, digest: str, query: str) -> None: ...
-
-
-class MemoryQueryStore(QueryStore):
-    def __init__(self, maxsize: int = 1000) -> None:
-        self.maxsize = maxsize
-        self._queries: OrderedDict[str, str] = OrderedDict()
-
-    async def get(self, digest: str) -> str | None:
-        query = self._queries.get(digest)
-        if query is not None:
-            self._queries.move_to_end(digest)
-        return query
-
-    async def put(self, digest: str, query: str) -> None:
-        self._queries[digest] = query
-        self._queries.move_to_end(digest)
-        while len(self._queries) > self.maxsize:
-            self._queries.popitem(last=False)
-
-
-class RedisQueryStore(QueryStore):
-    """``{prefix}apq:{sha256}`` with a TTL. Unreachable Redis reads as a miss (the client sends the text)."""
-
-    def __init__(self, redis: Redis, *, ttl: float, prefix: str = "aicm:") -> None:
-        self._redis = redis
-        self._ttl = max(1, int(ttl))
-        self._prefix = prefix
-
-    async def get(self, digest: str) -> str | None:
-        try:
-            value = await self._redis.get(f"{self._prefix}apq:{digest}")
-        except (RedisError, OSError):
-            log.warning("persisted query store unreachable", extra={"event": "dependency_unavailable"})
-            return None
-        return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
-
-    async def put(self, digest: str, query: str) -> None:
-        try:
-            await self._redis.set(
-                f"{self._prefix}apq:{digest}", query.encode("utf-8", "surrogatepass"), ex=self._ttl
-            )
-        except (RedisError, OSError):
-            log.warning("persisted query store unreachable", extra={"event": "dependency_unavailable"})
-
-
-# --------------------------------------------------------------------------- the HTTP side
-
-
-class PersistedQueryError(Exception):
-    """Answered as a GraphQL error (HTTP 200, as Apollo clients expect) with ``extensions.code``."""
-
-    def __init__(self, message: str, code: str, **extensions: Any) -> None:
-        super().__init__(message)
-        self.message, self.code, self.extensions = message, code, extensions
-
-    def as_result(self) -> dict[str, Any]:
-        return {"errors": [{"message": self.message, "extensions": {"code": self.code, **self.extensions}}]}
-
-
-class PersistedQueries:
-    """Turns a request's ``(query, extensions)`` into the query to run, for one app.
-
-    >>> persisted = PersistedQueries.from_settings(settings)  # doctest: +SKIP
-    >>> query, to_store = await persisted.resolve(redis, None, {"persistedQuery": ...})  # doctest: +SKIP
-    """
-
-    def __init__(
-        self, mode: str, *, manifest: Manifest | None = None, cache_size: int = 1000, ttl: float = 86_400.0
-    ) -> None:
-        self.mode = mode
-        self.manifest = manifest or Manifest()
-        self.memory = MemoryQueryStore(cache_size)
-        self.ttl = ttl
-        self._redis_store: tuple[Any, RedisQueryStore] | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PersistedQueries:
-        graphql = settings.graphql
-        manifest = (
-            load_manifest(graphql.persisted_queries_manifest)
-            if graphql.persisted_queries == "safelist"
-            else None
-        )
-        return cls(
-            graphql.persisted_queries,
-            manifest=manifest,
-            cache_size=graphql.persisted_queries_cache_size,
-            ttl=graphql.persisted_queries_ttl,
-        )
-
-    def store(self, redis: Redis | None) -> QueryStore:
-        if redis is None:
-            return self.memory
-        if self._redis_store is None or self._redis_store[0] is not redis:
-            self._redis_store = (redis, RedisQueryStore(redis, ttl=self.ttl))
-        return self._redis_store[1]
-
-    async def resolve(
-        self, redis: Redis | None, query: str | None, extensions: dict[str, Any] | None
-    ) -> tuple[str | None, str | None]:
-        """``(query to run, hash to store once it ran)``; PersistedQueryError when it cannot run."""
-        persisted = (extensions or {}).get("persistedQuery")
-        if persisted is None:
-            return query, None
-        if self.mode == "off":
-            raise PersistedQueryError("PersistedQueryNotSupported", NOT_SUPPORTED)
-        digest = persisted.get("sha256Hash") if isinstance(persisted, dict) else None
-        if not isinstance(persisted, dict) or persisted.get("version") != 1 or not isinstance(digest, str):
-            raise PersistedQueryError(
-                "extensions.persistedQuery needs version 1 and a sha256Hash",
-                "BAD_USER_INPUT",
-                field="extensions",
-            )
-        if self.mode == "safelist":
-            known = self.manifest.by_id.get(digest.lower() if _HASH.fullmatch(digest) else digest)
-            if query is None:
-                if known is None:
-                    raise PersistedQueryError("PersistedQueryNotFound", NOT_FOUND)
-                return known, None
-            return query, None  # the Safelist extension decides on the text itself
-        if not _HASH.fullmatch(digest):
-            raise PersistedQueryError(
-                "sha256Hash is not a SHA-256 hex digest", "BAD_USER_INPUT", field="extensions"
-            )
-        digest = digest.lower()
-        if query is None:
-            stored = await self.store(redis).get(digest)
-            if stored is None:
-                raise PersistedQueryError("PersistedQueryNotFound", NOT_FOUND)
-            return stored, None
-        if sha256(query) != digest:
-            raise PersistedQueryError(
-                "provided sha does not match query", "BAD_USER_INPUT", field="extensions"
-            )
-        return query, digest
-
-    async def remember(self, redis: Redis | None, digest: str, query: str) -> None:
-        await self.store(redis).put(digest, query)
 
 
 # --------------------------------------------------------------------------- the safelist, every transport

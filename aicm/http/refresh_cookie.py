@@ -5,6 +5,7 @@ of the GraphQL endpoint) and a fresh ``aicm_csrf`` cookie, whose value is echoed
 response header too. ``refreshToken(refreshToken: "")`` takes the token from the cookie, and then the new
 refresh token goes only into the cookie (the payload's ``refreshToken`` is empty), so page scripts never see
 it. ``logout`` clears both cookies. ``aicm.http.middleware.csrf.CSRFMiddleware`` checks the double submit.
+A schema extension, but an HTTP concern: ``GraphQLApp`` hands it to ``build_schema``.
 
 Only installed when the option is on: a ``resolve`` hook runs for every field.
 """
@@ -19,7 +20,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.utils.await_maybe import await_maybe
 
 from aicm.config import RefreshCookieConfig
-from aicm.http.middleware.csrf import REFRESH_COOKIE, clear_refresh_cookies, set_refresh_cookies
+from aicm.http.cookies import REFRESH_COOKIE, clear_refresh_cookies, set_refresh_cookies
 
 __all__ = ["RefreshCookie"]
 
