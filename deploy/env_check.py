@@ -128,9 +128,7 @@ def check(config: str | None, environ: Mapping[str, str], cwd: Path) -> tuple[li
         lines.append(f"  {state:<8} {name:<22} {need}" + (f" [{source}]" if source else ""))
 
     if missing:
-        lines.append(
-            f"env-check: {len(missing)} required variable(s) missing or empty: {', '.join(missing)}"
-        )
+        lines.append(f"env-check: {len(missing)} required variable(s) missing or empty: {', '.join(missing)}")
     if bad:
         lines.append(f"env-check: unusable in production: {', '.join(bad)}")
     if not missing and not bad:
