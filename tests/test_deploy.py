@@ -14,7 +14,9 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -451,6 +453,12 @@ def test_make_build_writes_a_wheel_an_sdist_and_the_guides_launcher(tmp_path: Pa
     assert result.returncode == 0, result.stdout + result.stderr
     built = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.endswith(".whl") for n in built) and any(n.endswith(".tar.gz") for n in built), built
+    # both carry the migrations (tests/test_wheel.py installs a wheel and runs it)
+    with tarfile.open(next(tmp_path.glob("*.tar.gz"))) as sdist:
+        names = sdist.getnames()
+    assert any(n.endswith("/migrations/models/0_init.py") for n in names), names
+    with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as wheel:
+        assert "aicm/migrations/models/0_init.py" in wheel.namelist()
     version = subprocess.run(
         [str(ROOT / "bin" / "aicli-api"), "--version"], capture_output=True, text=True, timeout=60
     )
