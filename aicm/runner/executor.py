@@ -136,10 +136,12 @@ class TaskExecutor:
         self._background: list[asyncio.Task[None]] = []
         self._slots: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[Any]] = set()  # slots running a task
-        self._idle = asyncio.Event()  # set while no task runs here
+        self._active: set[int] = set()  # tasks being claimed or run here
+        self._idle = asyncio.Event()  # set while none is
         self._idle.set()
         self._draining = False  # closing: no new task starts here
         self._stopped: set[int] = set()  # running tasks the shutdown stopped
+        self._grace = settings.runner.shutdown_grace
 
     async def start(self, *, local_queue: bool = True, single_process: bool = False) -> None:
         """Begin: recover what a dead process left, then run.
@@ -166,11 +168,12 @@ class TaskExecutor:
         (``runner.shutdown_grace``); those still running are then stopped and marked FAILED "worker stopped".
         Tasks queued here and not started stay PENDING."""
         grace = self.settings.runner.shutdown_grace if grace is None else grace
+        self._grace = grace
         self._draining = True
         for slot in self._slots:
             if slot not in self._busy:
                 slot.cancel()
-        running = list(self._cancels)
+        running = sorted(self._active)
         if running:
             log.info(
                 "stopping: waiting for %d running task(s)",
@@ -190,8 +193,7 @@ class TaskExecutor:
         self._slots, self._background = [], []
 
     def _stop_error(self) -> str:
-        grace = self.settings.runner.shutdown_grace
-        return f"worker stopped: the task was still running {grace:g} s after the shutdown began"
+        return f"worker stopped: the task was still running {self._grace:g} s after the shutdown began"
 
     async def _wait_idle(self, seconds: float) -> bool:
         try:
@@ -295,11 +297,20 @@ class TaskExecutor:
         """Claim and run one task; a task whose run begins while this executor drains is left PENDING."""
         if self._draining:
             return
+        self._active.add(task_id)  # from the claim on, a drain waits for it
+        self._idle.clear()
+        try:
+            await self._run_claimed(task_id)
+        finally:
+            self._active.discard(task_id)
+            if not self._active:
+                self._idle.set()
+
+    async def _run_claimed(self, task_id: int) -> None:
         task = await self._claim(task_id)
         if task is None:
             return
         cancel = self._cancels[task.id] = asyncio.Event()
-        self._idle.clear()
         TASKS_RUNNING.inc()
         log.info(
             "task %s started",
@@ -321,8 +332,6 @@ class TaskExecutor:
         finally:
             self._cancels.pop(task.id, None)
             self._stopped.discard(task.id)
-            if not self._cancels:
-                self._idle.set()
             TASKS_RUNNING.dec()
 
     async def _execute(self, task: models.Task, cancel: asyncio.Event) -> None:
