@@ -72,9 +72,13 @@ def _config_check(path: str | None) -> int:
 
 def _migrate(settings: Settings, *, quiet: bool = False) -> int:
     """Apply pending migrations; ``quiet`` when serving, whose output is JSON log lines only."""
-    from aicm.db import apply_migrations
+    from aicm.db import MigrationsMissing, apply_migrations
 
-    applied = asyncio.run(apply_migrations(settings))
+    try:
+        applied = asyncio.run(apply_migrations(settings))
+    except MigrationsMissing as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
     if not quiet:
         print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
@@ -83,13 +87,17 @@ def _migrate(settings: Settings, *, quiet: bool = False) -> int:
 def _create_admin(settings: Settings, email: str, password: str) -> int:
     from tortoise import Tortoise
 
-    from aicm.db import apply_migrations, tortoise_config
+    from aicm.db import MigrationsMissing, apply_migrations, tortoise_config
     from aicm.errors import AppError
     from aicm.resolvers.admin import create_admin
 
     async def run() -> int:
         if settings.auto_migrate:
-            await apply_migrations(settings)
+            try:
+                await apply_migrations(settings)
+            except MigrationsMissing as exc:
+                print(f"create-admin: {exc}", file=sys.stderr)
+                return 1
         await Tortoise.init(config=tortoise_config(settings))
         try:
             user, outcome = await create_admin(email, password)
@@ -125,8 +133,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"serve: cannot open the log file: {exc}", file=sys.stderr)
         return 1
-    if settings.auto_migrate:
-        _migrate(settings, quiet=True)
+    if settings.auto_migrate and (failed := _migrate(settings, quiet=True)):
+        return failed
     url = f"http://{host}:{port}/graphql"
     logging.getLogger("aicm").info(
         f"AICode Manager {__version__} serving GraphQL at {url}",
@@ -165,8 +173,8 @@ def _worker(settings: Settings) -> int:
         )
         return 1
     configure_logging(settings.logging)
-    if settings.auto_migrate:
-        _migrate(settings, quiet=True)
+    if settings.auto_migrate and (failed := _migrate(settings, quiet=True)):
+        return failed
     asyncio.run(run_worker(settings))
     return 0
 

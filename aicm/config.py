@@ -224,6 +224,7 @@ class RunnerConfig:
     timeout: float = 1800.0
     embedded: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    shutdown_grace: float = 30.0  # on SIGTERM, how long running tasks may still finish (then: FAILED)
 
 
 @dataclass
@@ -300,6 +301,7 @@ DURATION_FIELDS = frozenset(
         "graphql.persisted_queries_ttl",
         "auth.lockout_duration",
         "runner.timeout",
+        "runner.shutdown_grace",
     }
 )
 
@@ -480,6 +482,7 @@ def _validate(s: Settings) -> list[str]:
     if not s.runner.command or not s.runner.command[0]:
         problems.append("runner.command: must be a non-empty list of strings")
     at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
+    at_least("runner.shutdown_grace", s.runner.shutdown_grace, 0)
     if not s.runner.embedded and not s.redis.enabled:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
     for key in (

@@ -18,9 +18,27 @@ from aicm.config import Settings
 log = logging.getLogger("aicm.db")
 
 MODEL_MODULES = ["aicm.models", "aerich.models"]
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# An installed wheel carries them as aicm/migrations (setup.py maps the folder there); a checkout has them
+# at the repository's top level.
+_MIGRATION_DIRS = (
+    Path(__file__).resolve().parent / "migrations",
+    Path(__file__).resolve().parent.parent / "migrations",
+)
 # Any constant works; it only has to be the same for every instance of this application.
 _MIGRATION_LOCK_KEY = 0x41494_34D
+
+
+class MigrationsMissing(RuntimeError):
+    """No migration files where they should be: a broken installation, never "nothing to do"."""
+
+
+def migrations_dir() -> Path:
+    """The folder holding ``models/<n>_<name>.py`` migration files; MigrationsMissing when none has any."""
+    for directory in _MIGRATION_DIRS:
+        if any((directory / "models").glob("[0-9]*_*.py")):
+            return directory
+    searched = ", ".join(str(d / "models") for d in _MIGRATION_DIRS)
+    raise MigrationsMissing(f"no migration files found (looked in {searched}): the installation is broken")
 
 
 def connection_config(settings: Settings) -> dict[str, Any]:
@@ -57,7 +75,9 @@ async def apply_migrations(settings: Settings) -> list[str]:
     """Apply pending migrations; returns the files applied.
 
     On PostgreSQL an advisory lock, held on a connection of its own, serialises instances that start together.
+    Raises MigrationsMissing, before touching the database, when no migration files can be found.
     """
+    migrations_dir()
     if not is_postgres(settings):
         return await _upgrade(settings)
     import asyncpg
@@ -82,7 +102,7 @@ async def apply_migrations(settings: Settings) -> list[str]:
 async def _upgrade(settings: Settings) -> list[str]:
     from aerich import Command
 
-    command = Command(tortoise_config(settings), app="models", location=str(MIGRATIONS_DIR))
+    command = Command(tortoise_config(settings), app="models", location=str(migrations_dir()))
     try:
         await command.init()
         applied = await command.upgrade(run_in_transaction=True)

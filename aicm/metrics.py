@@ -71,4 +71,14 @@ BROKER_RECONNECTS = Counter("broker_reconnects_total", "Reconnections of the Red
 TASKS = Counter("tasks_total", "Tasks that ended, by final status", ["status"])
 TASKS_RUNNING = Gauge("tasks_running", "Tasks running in this process", multiprocess_mode="livesum")
 TASK_LOG_LINES = Counter("task_log_lines_total", "Task log lines stored")
+TASK_QUEUE_DEPTH = Gauge(
+    "aicm_task_queue_depth",
+    "Tasks waiting to start (PENDING), read from the database at scrape time",
+    multiprocess_mode="livemostrecent",
+)
+WORKERS_LIVE = Gauge(
+    "aicm_workers_live",
+    "aicli-api worker processes that sent a heartbeat in the last minute (read from Redis at scrape time)",
+    multiprocess_mode="livemostrecent",
+)
 RATE_LIMIT_EXCEEDED = Counter("rate_limit_exceeded_total", "Requests refused by the rate limiter", ["scope"])

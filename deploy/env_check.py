@@ -9,8 +9,9 @@ defaults). Lists the variables of the operations guide's ``.env``, the override 
 
 A variable is *required* when the config file uses it as ``${VAR}`` (no ``:-default``) at a key no override
 variable replaces, and ``JWT_SECRET`` is required in production when the file gives no secret. Values are
-never printed: only set / empty / MISSING and where the value came from. Exit 1 when a required variable is
-missing (or, in production, when the JWT secret is shorter than 32 characters), else 0.
+never printed: only set / empty / MISSING / EMPTY and where the value came from. Exit 1 when a required
+variable is missing or empty (``--config-check`` rejects both: an OAuth client id must not be empty), or, in
+production, when the JWT secret is shorter than 32 characters; else 0.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def check(config: str | None, environ: Mapping[str, str], cwd: Path) -> tuple[li
             state, source = "unset", ""
         if name in required:
             need = "required by " + ", ".join(required[name])
-            if state == "unset":
-                state = "MISSING"
+            if state in ("unset", "empty"):  # an empty value fails --config-check as surely as none
+                state = "MISSING" if state == "unset" else "EMPTY"
                 missing.append(name)
         elif name in optional:
             need = "optional (has a default) at " + ", ".join(optional[name])
@@ -127,7 +128,7 @@ def check(config: str | None, environ: Mapping[str, str], cwd: Path) -> tuple[li
         lines.append(f"  {state:<8} {name:<22} {need}" + (f" [{source}]" if source else ""))
 
     if missing:
-        lines.append(f"env-check: {len(missing)} required variable(s) missing: {', '.join(missing)}")
+        lines.append(f"env-check: {len(missing)} required variable(s) missing or empty: {', '.join(missing)}")
     if bad:
         lines.append(f"env-check: unusable in production: {', '.join(bad)}")
     if not missing and not bad:

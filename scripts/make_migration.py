@@ -30,7 +30,9 @@ from aerich import Command  # noqa: E402
 from tortoise import Tortoise  # noqa: E402
 
 from aicm.auth.permissions import BUILT_IN_ROLES  # noqa: E402
-from aicm.db import MIGRATIONS_DIR, MODEL_MODULES  # noqa: E402
+from aicm.db import MODEL_MODULES  # noqa: E402
+
+MIGRATIONS_DIR = ROOT / "migrations"  # the checkout's folder, which the wheel ships as aicm/migrations
 
 TEMPLATE = '''"""{title}
 

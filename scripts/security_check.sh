@@ -61,7 +61,8 @@ if ((${#sources[@]} == 0)); then
     echo "3. Suspicious IPs:"
     echo "no log to read"
 else
-    "${AICM_PYTHON:-python3}" - "$hours" "${sources[@]}" <<'PY'
+    # The program goes in with -c, not on stdin: with --log - stdin is the log being read.
+    report=$(cat <<'PY'
 import json
 import sys
 from collections import Counter
@@ -130,6 +131,8 @@ show(other)
 if unreadable:
     print(f"   ({unreadable} line(s) with an event could not be parsed)")
 PY
+    )
+    "${AICM_PYTHON:-python3}" -c "$report" "$hours" "${sources[@]}"
 fi
 echo
 

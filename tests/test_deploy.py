@@ -14,7 +14,9 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -394,7 +396,27 @@ def test_env_check_names_the_missing_variables(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert re.search(r"MISSING\s+GOOGLE_CLIENT_ID\s+required by oauth.google.client_id", result.stderr)
     assert re.search(r"MISSING\s+JWT_SECRET", result.stderr)
-    assert "2 required variable(s) missing" in result.stderr
+    assert "2 required variable(s) missing or empty" in result.stderr
+
+
+def test_env_check_fails_on_an_empty_required_variable_as_the_config_check_does(tmp_path: Path) -> None:
+    # given the guide's env with an OAuth client id present but empty
+    env = guide_env() | {"GITHUB_CLIENT_ID": ""}
+    config = str(ROOT / "config" / "config.example.yaml")
+    # when
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "env_check.py"), "--config", config],
+        cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    # then it fails like --config-check, naming the variable
+    assert result.returncode == 1
+    assert re.search(r"EMPTY\s+GITHUB_CLIENT_ID\s+required by oauth.github.client_id", result.stderr)
+    assert "OK" not in result.stdout + result.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "aicm.cli", "--config-check", "--config", config],
+        cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 1 and "oauth.github.client_id" in check.stderr
 
 
 def test_env_check_reads_dot_env_and_needs_a_production_jwt_secret(tmp_path: Path) -> None:
@@ -431,6 +453,12 @@ def test_make_build_writes_a_wheel_an_sdist_and_the_guides_launcher(tmp_path: Pa
     assert result.returncode == 0, result.stdout + result.stderr
     built = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.endswith(".whl") for n in built) and any(n.endswith(".tar.gz") for n in built), built
+    # both carry the migrations (tests/test_wheel.py installs a wheel and runs it)
+    with tarfile.open(next(tmp_path.glob("*.tar.gz"))) as sdist:
+        names = sdist.getnames()
+    assert any(n.endswith("/migrations/models/0_init.py") for n in names), names
+    with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as wheel:
+        assert "aicm/migrations/models/0_init.py" in wheel.namelist()
     version = subprocess.run(
         [str(ROOT / "bin" / "aicli-api"), "--version"], capture_output=True, text=True, timeout=60
     )

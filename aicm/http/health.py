@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from tortoise import connections
 
 from aicm import __version__
+from aicm.runner.liveness import LIVE_WINDOW, SeenWorker, live_workers, queue_depth
 from aicm.runtime import Runtime
 
 CHECK_TIMEOUT = 2.0
@@ -91,11 +92,25 @@ async def _ok() -> None:
     return None
 
 
+async def _runner(runtime: Runtime) -> tuple[str, bool, list[SeenWorker] | None]:
+    """``runner.embedded: false``: the workers seen in the last minute; (service state, tasks wait with no
+    worker to take them, the workers). Embedded: this process runs the tasks."""
+    if runtime.settings.runner.embedded or runtime.redis is None:
+        return EMBEDDED, False, None
+    try:
+        workers, pending = await within(
+            CHECK_TIMEOUT, asyncio.gather(live_workers(runtime.redis), queue_depth())
+        )
+    except Exception:
+        return UNHEALTHY, False, None  # Redis or the database is down: their own entries say so
+    return (HEALTHY if workers else UNHEALTHY), bool(pending and not workers), workers
+
+
 async def check(runtime: Runtime) -> dict[str, Any]:
-    """Both dependencies at once, each within ``CHECK_TIMEOUT``: a hung one cannot hold the answer longer."""
+    """The dependencies at once, each within ``CHECK_TIMEOUT``: a hung one cannot hold the answer longer."""
     redis = runtime.redis
-    (db_ok, db_ms), (redis_ok, redis_ms) = await asyncio.gather(
-        _timed(ping_database), _timed(redis.ping if redis is not None else _ok)
+    (db_ok, db_ms), (redis_ok, redis_ms), (runner, stranded, workers) = await asyncio.gather(
+        _timed(ping_database), _timed(redis.ping if redis is not None else _ok), _runner(runtime)
     )
     services: dict[str, str] = {"database": HEALTHY if db_ok else UNHEALTHY}
     latency: dict[str, float | None] = {"database": db_ms}
@@ -105,13 +120,15 @@ async def check(runtime: Runtime) -> dict[str, Any]:
         services["redis"], latency["redis"] = (HEALTHY if redis_ok else UNHEALTHY), redis_ms
     # auth = signing keys loaded and the session store (Redis when configured) reachable.
     services["auth"] = HEALTHY if runtime.tokens.keys.signing_key and redis_ok else UNHEALTHY
+    # runner: embedded, or whether a worker was seen in the last minute; tasks waiting with none is degraded
+    services["runner"] = runner
     if not db_ok:
         status = UNHEALTHY
-    elif not redis_ok or services["auth"] != HEALTHY:
+    elif not redis_ok or services["auth"] != HEALTHY or stranded:
         status = DEGRADED
     else:
         status = HEALTHY
-    return {"status": status, "services": services, "latency_ms": latency}
+    return {"status": status, "services": services, "latency_ms": latency, "workers": workers}
 
 
 def _runtime(request: Request) -> Runtime:
@@ -144,4 +161,13 @@ async def health_detailed(request: Request) -> JSONResponse:
         "subscribers": runtime.broker.stats.subscribers,
         "database": {"pool": database_pool() if result["services"]["database"] == HEALTHY else None},
     }
+    if result["workers"] is not None:  # runner.embedded: false
+        body["workers"] = {
+            "window_seconds": LIVE_WINDOW,
+            "live": [{"id": w.id, "last_seen": _iso(w.last_seen)} for w in result["workers"]],
+        }
     return JSONResponse(body, status_code=503 if result["status"] == UNHEALTHY else 200)
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

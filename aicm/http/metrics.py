@@ -50,9 +50,12 @@ from aicm.metrics import (
     DATABASE_PING,
     HTTP_DURATION,
     HTTP_REQUESTS,
+    TASK_QUEUE_DEPTH,
+    WORKERS_LIVE,
     WORKSPACE_DISK_FREE,
     WORKSPACE_DISK_TOTAL,
 )
+from aicm.runner.liveness import live_workers, queue_depth
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
@@ -164,7 +167,7 @@ async def refresh(runtime: Runtime | None) -> None:
     if runtime is None:
         return
     _sample_disk(Path(runtime.settings.runner.workspace_root))
-    await asyncio.gather(_sample_sessions(runtime), _sample_database())
+    await asyncio.gather(_sample_sessions(runtime), _sample_database(), _sample_runner(runtime))
 
 
 async def _sample_sessions(runtime: Runtime) -> None:
@@ -174,6 +177,14 @@ async def _sample_sessions(runtime: Runtime) -> None:
         log.warning(
             "could not count active sessions: %s", exc, extra={"event": "metrics_sessions_unavailable"}
         )
+
+
+async def _sample_runner(runtime: Runtime) -> None:
+    with contextlib.suppress(Exception):
+        TASK_QUEUE_DEPTH.set(await within(SCRAPE_READ_TIMEOUT, queue_depth()))
+    if runtime.redis is not None:
+        with contextlib.suppress(Exception):
+            WORKERS_LIVE.set(len(await within(SCRAPE_READ_TIMEOUT, live_workers(runtime.redis))))
 
 
 async def _sample_database() -> None:

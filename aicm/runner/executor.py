@@ -3,6 +3,12 @@
 Used by ``serve`` (``runner.embedded: true``) and by ``aicli-api worker``. At most ``runner.max_concurrent``
 agents run at once; further tasks wait in FIFO order. A running task holds a lease that is renewed while it
 runs; a task whose lease expired belonged to a process that died and is marked FAILED by ``recover``.
+
+Stopping (``close``) drains: no new task starts, running ones may finish within ``runner.shutdown_grace``,
+and those still running then are stopped and marked FAILED ("worker stopped"). They are not handed back to
+the queue: a half-run agent may already have changed the workspace and spent money, so running its prompt
+again unasked could do the work twice; the user sees why it ended and can start a follow-up task.
+Every start and end is logged (``task_started``, ``task_finished`` with status, duration and cost).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from aicm.config import Settings
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
 from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env
 from aicm.runner.logs import LogWriter
-from aicm.runner.process import AgentNotFound, AgentProcess
+from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker, Event
@@ -35,6 +41,8 @@ log = logging.getLogger("aicm.runner")
 LEASE_SECONDS = 30.0
 RENEW_EVERY = 5.0  # also how often the database is asked whether a cancel was requested
 RUNNING, PENDING = models.TaskStatus.RUNNING, models.TaskStatus.PENDING
+# After the grace, a stopped agent gets SIGTERM, then SIGKILL DEFAULT_GRACE later, then is reaped: wait that.
+STOP_WAIT = DEFAULT_GRACE + 10.0
 
 
 def new_worker_id() -> str:
@@ -82,11 +90,34 @@ async def finish(
             task.last_seq = line.seq
             await task.save(using_db=connection, update_fields=["last_seq"])
     TASKS.labels(str(status)).inc()
+    _log_finished(task)
     if line is not None:
         await publish(channels.task_logs(task_id), {"lines": [line_payload(line)]})
     await publish(channels.task_logs(task_id), {"end": True, "status": str(status)})
     await announce(task)
     return True
+
+
+def _log_finished(task: models.Task) -> None:
+    duration = None
+    if task.started_at is not None and task.finished_at is not None:
+        duration = round((task.finished_at - task.started_at).total_seconds() * 1000)
+    fields = {
+        "event": "task_finished",
+        "task_id": task.id,
+        "project_id": task.project_id,  # type: ignore[attr-defined]
+        "status": str(task.status),
+        "duration_ms": duration,
+        "cost_usd": task.cost_usd,
+        "exit_code": task.exit_code,
+        "worker_id": task.worker_id,
+    }
+    level = (
+        logging.INFO
+        if task.status in (models.TaskStatus.SUCCEEDED, models.TaskStatus.CANCELLED)
+        else logging.WARNING
+    )
+    log.log(level, "task %s %s", task.id, fields["status"], extra=fields)
 
 
 async def cancel_pending(task_id: int) -> bool:
@@ -104,8 +135,14 @@ class TaskExecutor:
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._cancels: dict[int, asyncio.Event] = {}
         self._background: list[asyncio.Task[None]] = []
-        self._idle = asyncio.Event()  # set while no task runs here
+        self._slots: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[Any]] = set()  # slots running a task
+        self._active: set[int] = set()  # tasks being claimed or run here
+        self._idle = asyncio.Event()  # set while none is
         self._idle.set()
+        self._draining = False  # closing: no new task starts here
+        self._stopped: set[int] = set()  # running tasks the shutdown stopped
+        self._grace = settings.runner.shutdown_grace
 
     async def start(self, *, local_queue: bool = True, single_process: bool = False) -> None:
         """Begin: recover what a dead process left, then run.
@@ -117,22 +154,55 @@ class TaskExecutor:
         await self.recover(single_process=single_process)
         if local_queue:
             slots = self.settings.runner.max_concurrent
-            self._background += [
-                asyncio.create_task(self._slot(), name=f"aicm-runner-{n}") for n in range(slots)
-            ]
+            self._slots = [asyncio.create_task(self._slot(), name=f"aicm-runner-{n}") for n in range(slots)]
         self._background.append(asyncio.create_task(self._renew_leases(), name="aicm-runner-leases"))
         self._background.append(asyncio.create_task(self._follow_cancels(), name="aicm-runner-cancels"))
         if not single_process:
             self._background.append(asyncio.create_task(self._sweep(), name="aicm-runner-sweep"))
 
-    async def close(self) -> None:
-        """Stop taking tasks; running agents are killed with their group and their tasks marked FAILED."""
-        for task in self._background:
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def close(self, grace: float | None = None) -> None:
+        """Drain, then stop: no new task starts; running tasks may finish within ``grace`` seconds
+        (``runner.shutdown_grace``); those still running are then stopped and marked FAILED "worker stopped".
+        Tasks queued here and not started stay PENDING."""
+        grace = self.settings.runner.shutdown_grace if grace is None else grace
+        self._grace = grace
+        self._draining = True
+        for slot in self._slots:
+            if slot not in self._busy:
+                slot.cancel()
+        running = sorted(self._active)
+        if running:
+            log.info(
+                "stopping: waiting for %d running task(s)",
+                len(running),
+                extra={"event": "runner_draining", "task_ids": running, "grace_seconds": grace},
+            )
+        if not await self._wait_idle(grace):
+            for task_id, event in list(self._cancels.items()):
+                self._stopped.add(task_id)
+                event.set()
+            await self._wait_idle(STOP_WAIT)
+        for task in [*self._slots, *self._background]:  # anything still running ends as FAILED too
             task.cancel()
-        for task in self._background:
+        for task in [*self._slots, *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._background = []
+        self._slots, self._background = [], []
+
+    def _stop_error(self) -> str:
+        return f"worker stopped: the task was still running {self._grace:g} s after the shutdown began"
+
+    async def _wait_idle(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def submit(self, task_id: int) -> None:
         self._queue.put_nowait(task_id)
@@ -197,8 +267,11 @@ class TaskExecutor:
     # --- running ------------------------------------------------------------------------------------
 
     async def _slot(self) -> None:
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._draining:
             task_id = await self._queue.get()
+            self._busy.add(me)
             try:
                 await self.run(task_id)
             except asyncio.CancelledError:
@@ -206,6 +279,8 @@ class TaskExecutor:
             except Exception:
                 log.exception("task run failed", extra={"event": "task_error", "task_id": task_id})
                 await finish(task_id, models.TaskStatus.FAILED, error="Internal error while running the task")
+            finally:
+                self._busy.discard(me)
 
     async def _claim(self, task_id: int) -> models.Task | None:
         claimed = await models.Task.filter(id=task_id, status=PENDING, cancel_requested=False).update(
@@ -220,24 +295,44 @@ class TaskExecutor:
         return await models.Task.get(id=task_id).prefetch_related("project")
 
     async def run(self, task_id: int) -> None:
+        """Claim and run one task; a task whose run begins while this executor drains is left PENDING."""
+        if self._draining:
+            return
+        self._active.add(task_id)  # from the claim on, a drain waits for it
+        self._idle.clear()
+        try:
+            await self._run_claimed(task_id)
+        finally:
+            self._active.discard(task_id)
+            if not self._active:
+                self._idle.set()
+
+    async def _run_claimed(self, task_id: int) -> None:
         task = await self._claim(task_id)
         if task is None:
             return
         cancel = self._cancels[task.id] = asyncio.Event()
-        self._idle.clear()
         TASKS_RUNNING.inc()
+        log.info(
+            "task %s started",
+            task.id,
+            extra={
+                "event": "task_started",
+                "task_id": task.id,
+                "project_id": task.project_id,  # type: ignore[attr-defined]
+                "worker_id": self.worker_id,
+                "parent_id": task.parent_id,  # type: ignore[attr-defined]
+            },
+        )
         try:
             await announce(task)
             await self._execute(task, cancel)
-        except asyncio.CancelledError:  # this process is shutting down; the agent's group is already killed
-            await asyncio.shield(
-                finish(task.id, models.TaskStatus.FAILED, error="The server stopped while it ran")
-            )
+        except asyncio.CancelledError:  # stopped past every grace; the agent's group is already killed
+            await asyncio.shield(finish(task.id, models.TaskStatus.FAILED, error=self._stop_error()))
             raise
         finally:
             self._cancels.pop(task.id, None)
-            if not self._cancels:
-                self._idle.set()
+            self._stopped.discard(task.id)
             TASKS_RUNNING.dec()
 
     async def _execute(self, task: models.Task, cancel: asyncio.Event) -> None:
@@ -270,7 +365,9 @@ class TaskExecutor:
             "cost_usd": summary.cost_usd,
             "cli_session_id": summary.session_id,
         }
-        if outcome.cancelled:
+        if outcome.cancelled and task.id in self._stopped:
+            await finish(task.id, models.TaskStatus.FAILED, error=self._stop_error(), **fields)
+        elif outcome.cancelled:
             await finish(task.id, models.TaskStatus.CANCELLED, error="Cancelled", **fields)
         elif outcome.timed_out:
             limit = int(runner.timeout)

@@ -205,6 +205,8 @@ def _render(kind: str, data: dict[str, Any], raw: str) -> str:
         if subtype == "init":
             details = [f"{key} {data[key]}" for key in ("model", "cwd") if isinstance(data.get(key), str)]
             return "session started" + (f" ({', '.join(details)})" if details else "")
+        if subtype == "api_retry":
+            return _render_retry(data)
         message = next((data[k] for k in ("message", "text") if isinstance(data.get(k), str)), "")
         label = f"system: {subtype}" if isinstance(subtype, str) and subtype else "system"
         return f"{label}: {message}" if message else label
@@ -226,6 +228,32 @@ def _render(kind: str, data: dict[str, Any], raw: str) -> str:
             return f"{subtype}: " + "; ".join(str(error) for error in errors[:5])
         return subtype
     return raw
+
+
+def _render_retry(data: dict[str, Any]) -> str:
+    """``system``/``api_retry``: the CLI retries a failed API request. Field names vary between CLI versions,
+    so the usual spellings are read: ``attempt``, ``max_retries``, ``retry_delay_ms`` (or ``delay_ms``,
+    ``retry_in_ms``, ``delay`` in seconds), ``error`` (text, or an object with ``type``/``message``) and
+    ``error_status``. → ``API request failed (529 overloaded_error: Overloaded); retry 2 of 10 in 4.0 s``."""
+    error = data.get("error") or data.get("message")
+    if isinstance(error, dict):
+        inner = error.get("error") if isinstance(error.get("error"), dict) else error
+        parts = [str(inner[k]) for k in ("type", "message") if isinstance(inner.get(k), str) and inner[k]]
+        error = ": ".join(parts)
+    status = next((data[k] for k in ("error_status", "status") if _is_number(data.get(k))), None)
+    reason = " ".join(str(part) for part in (status, error) if part not in (None, ""))
+    text = "API request failed" + (f" ({_shorten(reason, 300, 1)})" if reason else "")
+    attempt, limit = data.get("attempt"), data.get("max_retries")
+    retry = "retry"
+    if _is_number(attempt):
+        retry += f" {attempt}" + (f" of {limit}" if _is_number(limit) else "")
+    delays = ("retry_delay_ms", "delay_ms", "retry_in_ms")
+    delay_ms = next((data[k] for k in delays if _is_number(data.get(k))), None)
+    if delay_ms is None and _is_number(data.get("delay")):
+        delay_ms = data["delay"] * 1000
+    if delay_ms is not None:
+        retry += f" in {delay_ms / 1000:.1f} s"
+    return f"{text}; {retry}"
 
 
 def _render_block(block: Any) -> str:

@@ -9,7 +9,9 @@ event broker, exactly as for tasks run inside ``serve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 
 from saq import Job, Queue, Worker
 from tortoise import Tortoise
@@ -17,6 +19,7 @@ from tortoise import Tortoise
 from aicm.config import Settings
 from aicm.db import tortoise_config
 from aicm.redis_pool import make_redis
+from aicm.runner import liveness
 from aicm.runner.dispatch import request_cancel
 from aicm.runner.executor import TaskExecutor
 from aicm.subscriptions.broker import Broker, make_broker
@@ -26,6 +29,7 @@ log = logging.getLogger("aicm.worker")
 
 QUEUE_NAME = "aicm-tasks"
 JOB = "run_task"
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def make_queue(settings: Settings, name: str = QUEUE_NAME) -> Queue:
@@ -54,9 +58,15 @@ class QueueDispatcher:
 async def run_worker(
     settings: Settings, *, stop: asyncio.Event | None = None, queue_name: str = QUEUE_NAME
 ) -> None:
-    """Take tasks from the queue, ``runner.max_concurrent`` at a time, until SIGTERM/SIGINT (saq handles
-    those) or ``stop`` is set; then running agents are cancelled and their tasks marked FAILED."""
+    """Take tasks from the queue, ``runner.max_concurrent`` at a time, until SIGTERM/SIGINT or ``stop``.
+
+    Stopping drains (see ``TaskExecutor.close``): running tasks may finish within ``runner.shutdown_grace``,
+    then are stopped and FAILED. A job taken from the queue meanwhile is not started: it is held until saq
+    stops, which hands it back to the queue for another worker. While it runs the worker sends a heartbeat
+    (``aicm.runner.liveness``) that ``/health`` and ``aicm_workers_live`` read.
+    """
     redis = make_redis(settings)
+    assert redis is not None  # workers need Redis (the CLI checks it first)
     await Tortoise.init(config=tortoise_config(settings))
     broker = make_broker(settings, client=redis)
     await broker.start()
@@ -66,21 +76,42 @@ async def run_worker(
     queue = make_queue(settings, queue_name)
 
     async def run_task(ctx: dict, *, task_id: int) -> None:
+        if executor.draining:
+            # Not started here: saq's stop cancels this wait and puts the job back on the queue.
+            await asyncio.get_running_loop().create_future()
         await executor.run(task_id)
 
     worker = Worker(queue, functions=[(JOB, run_task)], concurrency=settings.runner.max_concurrent)
+    worker.SIGNALS = []  # saq's handlers would cancel running jobs at once: this function drains first
+    stopping = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, stopping.set)
+
+    async def drain_then_stop() -> None:
+        await stopping.wait()
+        log.info("worker stopping", extra={"event": "worker_stopping", "worker_id": executor.worker_id})
+        beating.cancel()  # a draining worker takes no task: it no longer counts as live
+        with contextlib.suppress(Exception):
+            await liveness.forget(redis, executor.worker_id)
+        await executor.close()
+        await worker.stop()
+
+    await liveness.beat(redis, executor.worker_id)
+    beating = asyncio.create_task(liveness.heartbeat(redis, executor.worker_id), name="aicm-worker-heartbeat")
+    draining = asyncio.create_task(drain_then_stop(), name="aicm-worker-drain")
     log.info("worker started", extra={"event": "worker_started", "worker_id": executor.worker_id})
-    watcher = asyncio.create_task((stop or asyncio.Event()).wait())
-    watcher.add_done_callback(lambda _: asyncio.ensure_future(worker.stop()))
     try:
         await worker.start()
     finally:
-        log.info("worker stopping", extra={"event": "worker_stopping", "worker_id": executor.worker_id})
-        watcher.cancel()
-        await executor.close()
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
+        if not draining.done():  # saq ended on its own: still drain
+            stopping.set()
+            await draining
+        log.info("worker stopped", extra={"event": "worker_stopped", "worker_id": executor.worker_id})
         await queue.disconnect()
         set_current(None)
         await broker.close()
         await Tortoise.close_connections()
-        if redis is not None:
-            await redis.aclose()
+        await redis.aclose()

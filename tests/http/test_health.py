@@ -14,7 +14,12 @@ async def test_health_reports_every_service(client: httpx.AsyncClient, backend) 
     assert body["status"] == "healthy"
     assert datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
     expected_redis = "healthy" if backend.uses_services else "embedded"
-    assert body["services"] == {"database": "healthy", "redis": expected_redis, "auth": "healthy"}
+    assert body["services"] == {
+        "database": "healthy",
+        "redis": expected_redis,
+        "auth": "healthy",
+        "runner": "embedded",  # this process runs the tasks (runner.embedded: true)
+    }
 
 
 async def test_detailed_health_adds_latency_version_uptime_pool_and_broker(

@@ -195,6 +195,31 @@ def test_other_types_and_system_subtypes() -> None:
     )
 
 
+def test_an_api_retry_line_says_which_attempt_when_and_why() -> None:
+    raw = json.dumps(
+        {
+            "type": "system",
+            "subtype": "api_retry",
+            "attempt": 2,
+            "max_retries": 10,
+            "retry_delay_ms": 4000,
+            "error_status": 529,
+            "error": {"type": "overloaded_error", "message": "Overloaded"},
+            "session_id": "s-1",
+        }
+    )
+    parsed = parse_line("stdout", raw)
+    assert (parsed.kind, parsed.data["attempt"]) == ("system", 2)
+    assert parsed.text == "API request failed (529 overloaded_error: Overloaded); retry 2 of 10 in 4.0 s"
+
+
+def test_an_api_retry_line_with_other_spellings_or_few_fields() -> None:
+    spelled = {"type": "system", "subtype": "api_retry", "attempt": 1, "delay": 1.5, "error": "timeout"}
+    assert parse_line("stdout", json.dumps(spelled)).text == "API request failed (timeout); retry 1 in 1.5 s"
+    bare = {"type": "system", "subtype": "api_retry"}
+    assert parse_line("stdout", json.dumps(bare)).text == "API request failed; retry"
+
+
 def test_nul_and_lone_surrogates_are_made_storable() -> None:
     raw = r'{"type":"assistant","message":{"content":[{"type":"text","text":"a\u0000b\ud800c \ud83d\ude00 \\u0000"}]}}'
 
