@@ -112,7 +112,8 @@ async def merge_base(repo: Repository, base: str, head: str) -> str:
 async def changes(
     repo: Repository, base: str, head: str, *, max_patch_bytes: int = DEFAULT_MAX_PATCH_BYTES
 ) -> TaskChanges:
-    """Files changed on ``head`` since its merge base with ``base`` (both commit ids or refs)."""
+    """Files changed on ``head`` since its merge base with ``base``: commit ids or refs as git names them
+    (``Repository.resolve`` turns a user's ``baseRef`` into one)."""
     if max_patch_bytes < 1:
         raise ValueError("max_patch_bytes must be positive")
     start = await merge_base(repo, base, head)

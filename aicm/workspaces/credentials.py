@@ -92,6 +92,8 @@ def git_auth_env(
     if credential is None:
         yield {}
         return
+    if temp_root is not None:
+        temp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="aicm-git-auth-", dir=temp_root))  # mode 0700
     try:
         if credential.token is not None:
