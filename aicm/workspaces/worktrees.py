@@ -123,16 +123,25 @@ async def create(repo: Repository, path: Path, branch: str, base_commit: str) ->
 async def recreate(repo: Repository, path: Path, branch: str) -> Worktree:
     """The worktree of ``branch`` at ``path``: the existing one, or checked out again from the branch.
 
-    When the remote has the branch further ahead (another worker ran a follow-up and pushed), the local
-    branch is moved forward first.
+    An existing worktree gets its ``.git`` file rewritten (the agent may have changed or deleted it). When
+    the remote has the branch further ahead (another worker ran a follow-up and pushed), the local branch is
+    moved forward before checking it out again.
     """
     async with repo.locked():
         admin = _admin_dir(repo, path)
-        if admin is not None and (path / ".git").exists():
+        if admin is not None and _reattach(path, admin):
             return Worktree(repo, path, branch, admin)
         await discard_worktree(repo, path)
         await _sync_branch(repo, branch)
         return await add_worktree(repo, path, branch, str(path), branch)
+
+
+def _reattach(path: Path, admin: Path) -> bool:
+    """Point the worktree's ``.git`` file at ``admin`` again; False when the directory is gone."""
+    if not path.is_dir():
+        return False
+    (path / ".git").write_text(f"gitdir: {admin}\n")
+    return True
 
 
 async def _sync_branch(repo: Repository, branch: str) -> None:
@@ -171,10 +180,19 @@ async def commit_all(
 
     Commits the agent made itself are kept: when it left HEAD detached or on another branch that descends
     from the task branch, the task branch moves there. HEAD ends attached to the task branch, with no
-    merge or rebase in progress. No hook runs (``commit-tree`` runs none; hooks are off anyway).
+    merge or rebase in progress. No hook runs (``commit-tree`` runs none; hooks are off anyway). Call it
+    only once the agent's processes are gone.
     """
     repo = worktree.repository
     ref = f"refs/heads/{worktree.branch}"
+    # The agent's processes have ended, so a lock one of its git commands left behind (killed mid-way on
+    # cancel or timeout) is stale and would make every command below fail.
+    for lock in (
+        worktree.admin_dir / "index.lock",
+        worktree.admin_dir / "HEAD.lock",
+        repo.path / f"{ref}.lock",
+    ):
+        lock.unlink(missing_ok=True)
     tip = await repo.commit_of(ref)
     if tip is None:
         raise BadUserInput(f"The task's branch {worktree.branch!r} no longer exists", field="branch")

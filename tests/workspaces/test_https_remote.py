@@ -48,9 +48,12 @@ async def _watch(needle: str, seen: list[str], git_seen: list[str], stop: asynci
 
 
 async def test_a_token_clones_and_pushes_over_https_and_never_shows_in_processes_or_logs(
-    https: GitHttpsRemote, https_store: RepositoryStore, served: Upstream, tmp_path: Path,
+    https: GitHttpsRemote,
+    https_store: RepositoryStore,
+    served: Upstream,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     # given
     caplog.set_level(logging.DEBUG)
     credential = Credential(token=TOKEN)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,33 @@ async def test_commits_the_agent_made_itself_are_kept_even_on_a_branch_it_switch
     assert (await tree.run("status", "--porcelain", op="t")).text == ""
 
 
+async def test_an_agent_killed_in_the_middle_of_a_git_command_still_gets_its_files_committed(
+    store: RepositoryStore, repo: Repository
+) -> None:
+    # given: the locks a killed `git add` / `git commit` leaves behind
+    tree = await _task(store, repo, 1)
+    write(tree.path, {"half.txt": "written before the kill\n"})
+    (tree.admin_dir / "index.lock").write_text("")
+    (repo.path / "refs" / "heads" / "aicm" / "task-1.lock").write_text("")
+
+    # when
+    sha = await commit_all(tree, ALICE, "Cancelled")
+
+    # then
+    assert await _show(repo, sha or "", "half.txt") == "written before the kill\n"
+
+
+async def test_tasks_of_one_project_start_at_once_without_tripping_over_each_other(
+    store: RepositoryStore, repo: Repository
+) -> None:
+    base = await repo.resolve("main")
+    trees = await asyncio.gather(
+        *(create(repo, store.worktree_path(1, n), task_branch(n), base) for n in range(1, 5)), repo.fetch()
+    )
+    assert len({tree.path for tree in trees[:4]}) == 4
+    assert len(await _registered(repo)) == 5
+
+
 async def test_a_git_file_the_agent_rewrote_cannot_make_the_server_run_its_commands(
     store: RepositoryStore, repo: Repository, git: Git, tmp_path: Path
 ) -> None:
@@ -123,6 +151,13 @@ async def test_a_git_file_the_agent_rewrote_cannot_make_the_server_run_its_comma
     assert not pwned.exists()
     assert await _show(repo, sha or "", "work.txt") == "work\n"
     assert await repo.commit_of("refs/heads/aicm/task-1") == sha
+
+    # when: the next run of the task opens its worktree
+    await recreate(repo, tree.path, "aicm/task-1")
+
+    # then: the .git file points home again, and plain git in the worktree sees the task branch
+    assert (tree.path / ".git").read_text() == f"gitdir: {tree.admin_dir}\n"
+    assert (await sh(git, "rev-parse", "HEAD", cwd=tree.path)).strip() == sha
 
 
 async def test_a_removed_worktree_comes_back_from_its_branch(
