@@ -35,7 +35,8 @@ from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
 from aicm.runtime import Runtime
-from aicm.subscriptions.broker import Broker, make_broker
+from aicm.subscriptions.broker import Broker
+from aicm.subscriptions.factory import make_broker
 from aicm.subscriptions.publisher import Publisher, installed
 
 
