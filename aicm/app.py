@@ -14,7 +14,7 @@ from tortoise.contrib.starlette import RegisterTortoise
 
 from aicm.auth.keys import load_keys
 from aicm.auth.lockout import make_login_throttle
-from aicm.auth.sessions import make_session_store
+from aicm.auth.session_stores import make_session_store
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings, load_settings
 from aicm.db import tortoise_config
