@@ -14,7 +14,7 @@ from tortoise.contrib.starlette import RegisterTortoise
 
 from aicm.auth.keys import load_keys
 from aicm.auth.lockout import make_login_throttle
-from aicm.auth.sessions import make_session_store
+from aicm.auth.session_stores import make_session_store
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings, load_settings
 from aicm.db import tortoise_config
@@ -35,7 +35,8 @@ from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
 from aicm.runtime import Runtime
-from aicm.subscriptions.broker import Broker, make_broker
+from aicm.subscriptions.broker import Broker
+from aicm.subscriptions.factory import make_broker
 from aicm.subscriptions.publisher import Publisher, installed
 
 

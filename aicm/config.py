@@ -376,57 +376,81 @@ def load_settings(
     return settings
 
 
-def _validate(s: Settings) -> list[str]:
-    """The rules no type hint can express. Normalizes logging.level in place."""
-    problems: list[str] = []
+class _Problems(list[str]):
+    """What ``_validate`` found, one message per problem, with the checks most rules use."""
 
-    def one_of(path: str, value: str, choices: tuple[str, ...]) -> None:
+    def one_of(self, path: str, value: str, choices: tuple[str, ...]) -> None:
         if value not in choices:
-            problems.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+            self.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
 
-    def at_least(path: str, value: float, minimum: float) -> None:
+    def at_least(self, path: str, value: float, minimum: float) -> None:
         if value < minimum:
-            problems.append(f"{path}: must be at least {minimum:g}, got {value:g}")
+            self.append(f"{path}: must be at least {minimum:g}, got {value:g}")
 
-    def positive(path: str, value: float) -> None:
+    def positive(self, path: str, value: float) -> None:
         if value <= 0:
-            problems.append(f"{path}: must be greater than 0, got {value:g}")
+            self.append(f"{path}: must be greater than 0, got {value:g}")
 
+    def networks(self, path: str, values: list[str], *, wildcard: bool = False) -> None:
+        for i, value in enumerate(values):
+            if not (wildcard and value == "*") and not _p.is_network(value):
+                self.append(f"{path}[{i}]: expected an IP address or CIDR, got {value!r}")
+
+
+def _validate(s: Settings) -> list[str]:
+    """The rules no type hint can express, section by section. Normalizes logging.level in place."""
     level = s.logging.level.strip().lower()
     s.logging.level = "warning" if level == "warn" else level
+    problems = _Problems()
+    for step in (
+        _check_app_and_server,
+        _check_stores,
+        _check_tokens_and_oauth,
+        _check_security,
+        _check_logging_and_monitoring,
+        _check_auth_and_runner,
+        _check_graphql,
+        _check_production,
+    ):
+        step(s, problems)
+    return problems
 
-    one_of("app.env", s.app.env, ("development", "test", "production"))
+
+def _check_app_and_server(s: Settings, problems: _Problems) -> None:
+    problems.one_of("app.env", s.app.env, ("development", "test", "production"))
     if not 1 <= s.server.port <= 65535:
         problems.append(f"server.port: must be between 1 and 65535, got {s.server.port}")
     for key_path in sorted(DURATION_FIELDS):
         *sections, key = key_path.split(".")
-        positive(key_path, getattr(functools.reduce(getattr, sections, s), key))
-    at_least("server.workers", s.server.workers, 1)
-    at_least("server.max_header_bytes", s.server.max_header_bytes, 1)
-    for i, proxy in enumerate(s.server.trusted_proxies):
-        if proxy != "*" and not _p.is_network(proxy):
-            problems.append(f"server.trusted_proxies[{i}]: expected an IP address or CIDR, got {proxy!r}")
+        problems.positive(key_path, getattr(functools.reduce(getattr, sections, s), key))
+    problems.at_least("server.workers", s.server.workers, 1)
+    problems.at_least("server.max_header_bytes", s.server.max_header_bytes, 1)
+    problems.networks("server.trusted_proxies", s.server.trusted_proxies, wildcard=True)
 
+
+def _check_stores(s: Settings, problems: _Problems) -> None:
     db, redis = s.database, s.redis
-    one_of("database.driver", db.driver, ("sqlite", "postgres"))
-    one_of("database.ssl_mode", db.ssl_mode, _SSL_MODES)
+    problems.one_of("database.driver", db.driver, ("sqlite", "postgres"))
+    problems.one_of("database.ssl_mode", db.ssl_mode, _SSL_MODES)
     if db.url and not db.url.startswith(_DB_SCHEMES):
         problems.append(
             f"database.url: must start with {', '.join(_DB_SCHEMES)}, got {_p.url_scheme(db.url)}"
         )
-    at_least("database.port", db.port, 1)
-    at_least("database.max_open_conns", db.max_open_conns, 1)
-    at_least("database.max_idle_conns", db.max_idle_conns, 0)
+    problems.at_least("database.port", db.port, 1)
+    problems.at_least("database.max_open_conns", db.max_open_conns, 1)
+    problems.at_least("database.max_idle_conns", db.max_idle_conns, 0)
     if redis.url and not redis.url.startswith(_REDIS_SCHEMES):
         problems.append(
             f"redis.url: must start with {', '.join(_REDIS_SCHEMES)}, got {_p.url_scheme(redis.url)}"
         )
-    at_least("redis.db", redis.db, 0)
-    at_least("redis.max_retries", redis.max_retries, 0)
-    at_least("redis.pool_size", redis.pool_size, 1)
-    at_least("redis.min_idle_conns", redis.min_idle_conns, 0)
+    problems.at_least("redis.db", redis.db, 0)
+    problems.at_least("redis.max_retries", redis.max_retries, 0)
+    problems.at_least("redis.pool_size", redis.pool_size, 1)
+    problems.at_least("redis.min_idle_conns", redis.min_idle_conns, 0)
 
-    one_of("jwt.algorithm", s.jwt.algorithm, ("HS256", "RS256", "ES256"))
+
+def _check_tokens_and_oauth(s: Settings, problems: _Problems) -> None:
+    problems.one_of("jwt.algorithm", s.jwt.algorithm, ("HS256", "RS256", "ES256"))
     if s.jwt.algorithm in ("RS256", "ES256"):
         for key in ("private_key_file", "public_key_file"):
             if not getattr(s.jwt, key):
@@ -442,14 +466,18 @@ def _validate(s: Settings) -> list[str]:
             if problem := _http_url_problem(getattr(provider, key), production=s.is_production):
                 problems.append(f"oauth.{name}.{key}: {problem}")
 
+
+def _check_security(s: Settings, problems: _Problems) -> None:
     rate, cors = s.security.rate_limit, s.security.cors
-    positive("security.rate_limit.requests_per_second", rate.requests_per_second)
-    positive("security.rate_limit.burst_size", rate.burst_size)
-    positive("security.rate_limit.auth_requests_per_minute", rate.auth_requests_per_minute)
-    positive("security.rate_limit.auth_burst_size", rate.auth_burst_size)
-    at_least("security.hsts.max_age", s.security.hsts.max_age, 0)
-    one_of("security.refresh_cookie.same_site", s.security.refresh_cookie.same_site, ("strict", "lax"))
-    at_least("security.cors.max_age", cors.max_age, 0)
+    problems.positive("security.rate_limit.requests_per_second", rate.requests_per_second)
+    problems.positive("security.rate_limit.burst_size", rate.burst_size)
+    problems.positive("security.rate_limit.auth_requests_per_minute", rate.auth_requests_per_minute)
+    problems.positive("security.rate_limit.auth_burst_size", rate.auth_burst_size)
+    problems.at_least("security.hsts.max_age", s.security.hsts.max_age, 0)
+    problems.one_of(
+        "security.refresh_cookie.same_site", s.security.refresh_cookie.same_site, ("strict", "lax")
+    )
+    problems.at_least("security.cors.max_age", cors.max_age, 0)
     for i, origin in enumerate(cors.allowed_origins):
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             problems.append(
@@ -458,33 +486,36 @@ def _validate(s: Settings) -> list[str]:
     if "*" in cors.allowed_origins and cors.allow_credentials:
         problems.append("security.cors.allow_credentials: cannot be true when allowed_origins contains '*'")
 
-    one_of("logging.level", s.logging.level, ("debug", "info", "warning", "error"))
-    one_of("logging.format", s.logging.format, ("json", "text"))
-    one_of("logging.output", s.logging.output, ("stdout", "stderr"))
+
+def _check_logging_and_monitoring(s: Settings, problems: _Problems) -> None:
+    problems.one_of("logging.level", s.logging.level, ("debug", "info", "warning", "error"))
+    problems.one_of("logging.format", s.logging.format, ("json", "text"))
+    problems.one_of("logging.output", s.logging.output, ("stdout", "stderr"))
     for key in ("max_size", "max_backups", "max_age"):
-        at_least(f"logging.file.{key}", getattr(s.logging.file, key), 1)
+        problems.at_least(f"logging.file.{key}", getattr(s.logging.file, key), 1)
     for key in ("metrics", "health"):
         if not getattr(s.monitoring, key).path.startswith("/"):
             problems.append(f"monitoring.{key}.path: must start with '/'")
     metrics = s.monitoring.metrics
     if metrics.bearer_token and len(metrics.bearer_token) < 16:
         problems.append("monitoring.metrics.bearer_token: must be at least 16 characters when set")
-    for i, network in enumerate(metrics.allowed_ips):
-        if not _p.is_network(network):
-            problems.append(
-                f"monitoring.metrics.allowed_ips[{i}]: expected an IP address or CIDR, got {network!r}"
-            )
+    problems.networks("monitoring.metrics.allowed_ips", metrics.allowed_ips)
 
-    at_least("auth.max_failed_logins", s.auth.max_failed_logins, 1)
-    at_least("auth.max_sessions_per_user", s.auth.max_sessions_per_user, 1)
+
+def _check_auth_and_runner(s: Settings, problems: _Problems) -> None:
+    problems.at_least("auth.max_failed_logins", s.auth.max_failed_logins, 1)
+    problems.at_least("auth.max_sessions_per_user", s.auth.max_sessions_per_user, 1)
     if problem := _frontend_url_problem(s.auth.frontend_url, production=s.is_production):
         problems.append(f"auth.frontend_url: {problem}")
     if not s.runner.command or not s.runner.command[0]:
         problems.append("runner.command: must be a non-empty list of strings")
-    at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
-    at_least("runner.shutdown_grace", s.runner.shutdown_grace, 0)
+    problems.at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
+    problems.at_least("runner.shutdown_grace", s.runner.shutdown_grace, 0)
     if not s.runner.embedded and not s.redis.enabled:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
+
+
+def _check_graphql(s: Settings, problems: _Problems) -> None:
     for key in (
         "max_depth",
         "max_aliases",
@@ -494,25 +525,26 @@ def _validate(s: Settings) -> list[str]:
         "max_cost",
         "persisted_queries_cache_size",
     ):
-        at_least(f"graphql.{key}", getattr(s.graphql, key), 1)
-    one_of("graphql.persisted_queries", s.graphql.persisted_queries, ("off", "apq", "safelist"))
+        problems.at_least(f"graphql.{key}", getattr(s.graphql, key), 1)
+    problems.one_of("graphql.persisted_queries", s.graphql.persisted_queries, ("off", "apq", "safelist"))
     manifest = s.graphql.persisted_queries_manifest
     if s.graphql.persisted_queries == "safelist" and not manifest:
         problems.append("graphql.persisted_queries_manifest: required when persisted_queries is safelist")
     elif manifest and not Path(manifest).expanduser().is_file():
         problems.append(f"graphql.persisted_queries_manifest: file not found: {manifest}")
 
-    if s.is_production:
-        if s.jwt.algorithm == "HS256" and len(s.jwt.secret) < 32:
-            problems.append("jwt.secret: must be at least 32 characters in production")
-        host = _database_host(db)
-        if db.ssl_mode == "disable" and host is not None and not _p.is_loopback(host):
-            problems.append(
-                f"database.ssl_mode: 'disable' is not allowed in production (database host {host!r})"
-            )
-        if "*" in cors.allowed_origins:
-            problems.append("security.cors.allowed_origins: '*' is not allowed in production")
-    return problems
+
+def _check_production(s: Settings, problems: _Problems) -> None:
+    """What development tolerates and production must not."""
+    if not s.is_production:
+        return
+    if s.jwt.algorithm == "HS256" and len(s.jwt.secret) < 32:
+        problems.append("jwt.secret: must be at least 32 characters in production")
+    host = _database_host(s.database)
+    if s.database.ssl_mode == "disable" and host is not None and not _p.is_loopback(host):
+        problems.append(f"database.ssl_mode: 'disable' is not allowed in production (database host {host!r})")
+    if "*" in s.security.cors.allowed_origins:
+        problems.append("security.cors.allowed_origins: '*' is not allowed in production")
 
 
 _OAUTH_URL_FIELDS = ("redirect_url", "server_metadata_url", "authorize_url", "token_url", "api_base_url")

@@ -18,8 +18,9 @@ from aicm.errors import AppError, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
 from aicm.resolvers.logs import lines_after
 from aicm.subscriptions import channels, events
-from aicm.subscriptions.broker import Broker, Event, FellBehind, Missed, Subscription
+from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
+from aicm.subscriptions.subscription import Event, FellBehind, Missed, Subscription
 
 REPLAY_PAGE = 1000
 

@@ -32,9 +32,10 @@ from aicm.runner.logs import LogWriter
 from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.subscriptions import channels, events
-from aicm.subscriptions.broker import Broker, Event
+from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
 from aicm.subscriptions.publisher import publish
+from aicm.subscriptions.subscription import Event
 
 log = logging.getLogger("aicm.runner")
 

@@ -22,7 +22,8 @@ from aicm.redis_pool import make_redis
 from aicm.runner import liveness
 from aicm.runner.dispatch import request_cancel
 from aicm.runner.executor import TaskExecutor
-from aicm.subscriptions.broker import Broker, make_broker
+from aicm.subscriptions.broker import Broker
+from aicm.subscriptions.factory import make_broker
 from aicm.subscriptions.publisher import Publisher, set_current
 
 log = logging.getLogger("aicm.worker")

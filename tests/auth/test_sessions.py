@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from aicm.auth.session_stores import make_session_store
 from aicm.auth.sessions import (
     REASON_REUSED,
-    MemorySessionStore,
-    RedisSessionStore,
     RefreshTokenInvalid,
     RefreshTokenReused,
     SessionRecord,
     SessionStore,
-    make_session_store,
 )
+from aicm.auth.sessions_memory import MemorySessionStore
+from aicm.auth.sessions_redis import RedisSessionStore
 from aicm.config import Settings
 from tests.conftest import require_services
 

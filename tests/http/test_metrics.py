@@ -24,7 +24,9 @@ from aicm.app import build_app
 from aicm.auth.permissions import DEVELOPER
 from aicm.schema.extensions.metrics import OperationNames
 from aicm.schema.relay import decode_id, encode_id
-from aicm.subscriptions.broker import FellBehind, InProcessBroker, RedisBroker
+from aicm.subscriptions.in_process import InProcessBroker
+from aicm.subscriptions.redis_broker import RedisBroker
+from aicm.subscriptions.subscription import FellBehind
 from tests.conftest import EMBEDDED, REQUIRE_SERVICES, make_settings, require_services
 from tests.factories import PASSWORD, add_member, make_project, make_user, token_for
 from tests.graphql import assert_ok, execute

@@ -270,3 +270,28 @@ async def test_subscriptions_with_ids_out_of_range(
         assert [e["extensions"]["code"] for e in message["payload"]] == ["NOT_FOUND"], message
     finally:
         await ws.close()
+
+
+@pytest.mark.parametrize("after_seq", [-(2**31), -1, 0, INT4_MAX, INT4_MAX + 1, 2**63])
+async def test_task_logs_subscription_with_any_after_seq(
+    client: httpx.AsyncClient, admin: str, server_url: str, after_seq: int
+) -> None:
+    owner = await models.User.first()
+    assert owner is not None
+    task = await models.Task.create(
+        project=await make_project(owner), created_by=owner, prompt="x", status=models.TaskStatus.SUCCEEDED
+    )
+    document = "subscription($id: ID!, $s: Int!) { taskLogs(taskId: $id, afterSeq: $s) { seq } }"
+    ws = await (await GraphQLWS.open(server_url, admin)).acked()
+    try:
+        await ws.subscribe("1", document, {"id": opaque("Task", task.id), "s": after_seq})
+        message = await ws.receive()
+        while message.get("type") in {"ping", "pong"}:
+            message = await ws.receive()
+        if 0 <= after_seq <= INT4_MAX:  # a finished task with no lines: the stream just completes
+            assert message["type"] == "complete", message
+        else:  # negative, or not a GraphQL Int
+            assert message["type"] == "error", message
+            assert [e["extensions"]["code"] for e in message["payload"]] == ["BAD_USER_INPUT"], message
+    finally:
+        await ws.close()

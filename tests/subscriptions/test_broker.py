@@ -11,17 +11,11 @@ import pytest
 from redis.asyncio import Redis
 
 from aicm.subscriptions import channels
-from aicm.subscriptions.broker import (
-    Broker,
-    Event,
-    FellBehind,
-    InProcessBroker,
-    Missed,
-    PublishError,
-    RedisBroker,
-    Subscription,
-    make_broker,
-)
+from aicm.subscriptions.broker import Broker, PublishError
+from aicm.subscriptions.factory import make_broker
+from aicm.subscriptions.in_process import InProcessBroker
+from aicm.subscriptions.redis_broker import RedisBroker
+from aicm.subscriptions.subscription import Event, FellBehind, Missed, Subscription
 from tests.conftest import make_settings, require_services
 from tests.subscriptions.conftest import OwnedRedis
 

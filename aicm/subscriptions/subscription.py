@@ -1,0 +1,163 @@
+"""A subscriber's live view of one or more channels, and the items it yields.
+
+A subscription is opened on a broker (``broker.subscribe(channels)``) and yields ``Event`` and ``Missed``
+items from a bounded queue. One that falls ``max_queue`` events behind is ended: its queue is dropped and
+its iterator raises ``FellBehind``. Nothing else holds events, so memory stays bounded by subscribers x
+max_queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from aicm.metrics import EVENTS_DELIVERED, EVENTS_DROPPED
+
+if TYPE_CHECKING:
+    from aicm.subscriptions.broker import Broker
+
+__all__ = ["Event", "FellBehind", "Missed", "Subscription"]
+
+log = logging.getLogger("aicm.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event. ``payload`` is shared by every subscriber of the channel: read-only."""
+
+    channel: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """Events on this subscription's channels may have been lost (the broker reconnected)."""
+
+    reason: str
+
+
+class FellBehind(Exception):
+    """Raised by a subscription's iterator once its queue overflowed; the subscription is over."""
+
+    def __init__(self, max_queue: int) -> None:
+        super().__init__(
+            f"subscriber fell behind: more than {max_queue} events were waiting, so the subscription ended"
+        )
+        self.max_queue = max_queue
+
+
+_OPEN, _NEW, _CLOSED = "open", "new", "closed"
+
+
+class Subscription:
+    """A live view of one or more channels: an async context manager and an async iterator.
+
+    Yields ``Event`` and ``Missed`` items; ends with ``FellBehind`` when its queue overflows, and simply stops
+    when it is closed (``aclose()``, leaving the context, or the broker closing).
+    """
+
+    def __init__(self, broker: Broker, channels: Sequence[str], max_queue: int) -> None:
+        if isinstance(channels, str):
+            raise TypeError("channels must be a sequence of channel names, not one string")
+        names = tuple(dict.fromkeys(channels))
+        if not names or not all(isinstance(c, str) and c for c in names):
+            raise ValueError("subscribe needs at least one non-empty channel name")
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        self.channels = names
+        self.max_queue = max_queue
+        self._broker = broker
+        self._queue: deque[Event | Missed] = deque()
+        self._wakeup = asyncio.Event()
+        self._state = _NEW
+        self._failure: FellBehind | None = None
+        # Redis bookkeeping (owned by RedisBroker).
+        self._unacked = 0  # channels whose SUBSCRIBE confirmation this subscriber still waits for
+        self._confirmed = asyncio.Event()
+        self._late = False  # opened without confirmation: tell it Missed when the confirmation comes
+        self._missed = False  # was registered across a lost connection: tell it Missed after resubscribing
+
+    @property
+    def pending(self) -> int:
+        """Items waiting in the queue (never more than ``max_queue``)."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        return self._state == _CLOSED
+
+    async def __aenter__(self) -> Subscription:
+        if self._state != _NEW:
+            raise RuntimeError("a subscription can be opened only once")
+        await self._broker._open(self)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Unregister (idempotent); an iterator waiting in another task stops."""
+        self._end()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event | Missed:
+        if self._state == _NEW:
+            raise RuntimeError("open the subscription first: `async with broker.subscribe(...) as sub`")
+        while True:
+            if self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, Event):
+                    self._broker.stats.delivered += 1
+                    EVENTS_DELIVERED.inc()
+                return item
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            if self._state == _CLOSED:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    # -- called by the broker --------------------------------------------------------------------------------
+
+    def _opened(self) -> None:
+        self._state = _OPEN
+
+    def _push(self, item: Event | Missed) -> None:
+        if self._state != _OPEN:
+            return
+        if isinstance(item, Missed) and self._queue and isinstance(self._queue[-1], Missed):
+            return  # one marker says it all
+        if len(self._queue) >= self.max_queue:
+            lost = sum(isinstance(queued, Event) for queued in (*self._queue, item))
+            self._broker.stats.dropped += lost
+            EVENTS_DROPPED.inc(lost)
+            self._failure = FellBehind(self.max_queue)
+            log.warning(
+                "subscriber fell behind",
+                extra={"event": "subscriber_fell_behind", "channels": list(self.channels), "dropped": lost},
+            )
+            self._end()
+            return
+        self._queue.append(item)
+        self._wakeup.set()
+
+    def _end(self) -> None:
+        if self._state == _CLOSED:
+            return
+        was_open = self._state == _OPEN
+        self._state = _CLOSED
+        self._queue.clear()
+        self._confirmed.set()
+        self._wakeup.set()
+        if was_open:
+            self._broker._release(self)
