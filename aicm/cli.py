@@ -120,6 +120,7 @@ def _create_admin(settings: Settings, email: str, password: str) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from aicm.http.protocol import HTTPLimits
     from aicm.logs import configure_logging, log_config
 
     host = args.host or settings.server.host
@@ -143,6 +144,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     options = {
         "host": host,
         "port": port,
+        "http": HTTPLimits.of(settings.server),  # read_timeout, write_timeout, max_header_bytes
         "timeout_keep_alive": int(settings.server.idle_timeout),
         "log_config": log_config(),
         "access_log": False,  # our access log has the contract's fields and no query strings
