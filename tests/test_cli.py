@@ -119,7 +119,12 @@ def test_serve_with_workers_on_postgres_and_redis(tmp_path: Path) -> None:
     with serve(tmp_path, env, "--workers", "2") as base:
         health = httpx.get(f"{base}/health").json()
         assert health == {**health, "status": "healthy"}
-        assert health["services"] == {"database": "healthy", "redis": "healthy", "auth": "healthy"}
+        assert health["services"] == {
+            "database": "healthy",
+            "redis": "healthy",
+            "auth": "healthy",
+            "runner": "embedded",
+        }
         answers = {
             json.dumps(httpx.post(f"{base}/graphql", json={"query": "{ me { id } }"}).json())
             for _ in range(10)

@@ -82,13 +82,23 @@ async def test_redis_down_degrades_health_and_its_return_heals_it(
     # given
     status, body, _ = await health(redis_backed)
     assert (status, body["status"]) == (200, "healthy")
-    assert body["services"] == {"database": "healthy", "redis": "healthy", "auth": "healthy"}
+    assert body["services"] == {
+        "database": "healthy",
+        "redis": "healthy",
+        "auth": "healthy",
+        "runner": "embedded",
+    }
     # when Redis stops
     await owned_redis.stop()
     status, body, took = await health(redis_backed)
     # then: still serving (200), degraded, and auth (its session store is Redis) unhealthy
     assert (status, body["status"]) == (200, "degraded"), body
-    assert body["services"] == {"database": "healthy", "redis": "unhealthy", "auth": "unhealthy"}
+    assert body["services"] == {
+        "database": "healthy",
+        "redis": "unhealthy",
+        "auth": "unhealthy",
+        "runner": "embedded",
+    }
     assert took < QUICKLY
     status, detailed, _ = await health(redis_backed, "/health/detailed")
     assert (status, detailed["status"], detailed["broker"]) == (200, "degraded", "redis")
@@ -226,7 +236,7 @@ async def test_database_down_answers_unhealthy_503_quickly(proxied_server: tuple
     status, body, _ = await health(base)
     assert (status, body["services"]) == (
         200,
-        {"database": "healthy", "redis": "embedded", "auth": "healthy"},
+        {"database": "healthy", "redis": "embedded", "auth": "healthy", "runner": "embedded"},
     )
     # when the database becomes unreachable
     proxy.cut()
