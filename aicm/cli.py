@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -82,6 +83,17 @@ def _migrate(settings: Settings, *, quiet: bool = False) -> int:
     if not quiet:
         print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
+
+
+def _password_from_stdin() -> str | None:
+    """``--password-stdin``: one line from a pipe, or, at a terminal, typed twice without echo."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != first:
+        print("create-admin: the passwords differ", file=sys.stderr)
+        return None
+    return first
 
 
 def _create_admin(settings: Settings, email: str, password: str) -> int:
@@ -220,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         return _worker(settings)
     if args.command == "create-admin":
-        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
+        password = _password_from_stdin() if args.password_stdin else args.password
+        if password is None:
+            return 1
         return _create_admin(settings, args.email, password)
     raise AssertionError(args.command)
 
