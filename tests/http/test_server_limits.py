@@ -1,9 +1,13 @@
 """``server.read_timeout`` and ``max_header_bytes`` reach the connections of a real ``aicli-api serve``
-(short limits, raw sockets on loopback), and a client that goes away mid-body is logged as what it is."""
+(short limits, raw sockets on loopback), a client that goes away mid-body is logged as what it is, and
+``write_timeout`` ends a response the client does not read (the protocol under uvicorn, in this process)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 import socket
 import time
@@ -11,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
-from tests.servers import TEST_JWT_SECRET, clean_env, serve
+from aicm.http.protocol import HTTPLimits
+from tests.servers import TEST_JWT_SECRET, clean_env, free_port, serve
 
 READ_TIMEOUT = 2.0
 MAX_HEADER_BYTES = 4096
@@ -145,3 +151,52 @@ def assert_logged_as_disconnect(log: Path, request_id: str) -> None:
     assert [(r["event"], r["status"], r["level"]) for r in lines] == [("client_disconnected", 499, "info")]
     assert "stack" not in lines[0]
     assert "Traceback" not in log.read_text()
+
+
+async def test_a_response_the_client_does_not_read_ends_after_write_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given a server (this protocol, write_timeout 1 s) whose app streams 64 MiB, and a client that reads none
+    chunk = b"x" * 65536
+    finished = asyncio.Event()
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        for _ in range(1024):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        finished.set()
+
+    port = free_port()
+    limits = HTTPLimits(read_timeout=30, write_timeout=1, max_header_bytes=8192)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, http=limits, lifespan="off", log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.025)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        # when the client reads nothing, then the server gives up within seconds (not after 64 MiB)
+        with caplog.at_level(logging.INFO, logger="aicm.http"):
+            deadline = asyncio.get_running_loop().time() + 15
+            while not any(r.event == "response_write_timeout" for r in caplog.records):
+                assert asyncio.get_running_loop().time() < deadline, "the blocked write was never given up"
+                await asyncio.sleep(0.1)
+        received = 0
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(1 << 20):
+                received += len(data)
+        sock.close()
+        assert received < 1024 * len(chunk)  # cut off: the client never got the whole body
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
