@@ -32,8 +32,9 @@ run: $(STAMP)
 	$(BIN)/aicli-api migrate
 	$(BIN)/aicli-api serve --host $(HOST) --port $(PORT)
 
-## test: install into .venv and run the whole suite
+## test: install into .venv and run the whole suite (first says which services and tools it lacks)
 test: $(STAMP)
+	@scripts/test_prerequisites.sh
 	$(BIN)/pytest
 
 ## test-integration: the whole suite with PostgreSQL and Redis required (AICM_TEST_DATABASE_URL, AICM_TEST_REDIS_URL)
@@ -43,6 +44,7 @@ test-integration: $(STAMP)
 			"AICM_TEST_REDIS_URL (a Redis database number it may flush)" >&2; \
 		exit 2; \
 	fi
+	@AICM_REQUIRE_SERVICES=1 scripts/test_prerequisites.sh
 	AICM_REQUIRE_SERVICES=1 $(BIN)/pytest
 
 ## test-performance: the benchmarks (bench/run.py; BENCH_ARGS passes options)

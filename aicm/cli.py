@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -84,6 +85,17 @@ def _migrate(settings: Settings, *, quiet: bool = False) -> int:
     return 0
 
 
+def _password_from_stdin() -> str | None:
+    """``--password-stdin``: one line from a pipe, or, at a terminal, typed twice without echo."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password (again): ") != first:
+        print("create-admin: the passwords differ", file=sys.stderr)
+        return None
+    return first
+
+
 def _create_admin(settings: Settings, email: str, password: str) -> int:
     from tortoise import Tortoise
 
@@ -120,6 +132,7 @@ def _create_admin(settings: Settings, email: str, password: str) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from aicm.http.protocol import HTTPLimits
     from aicm.logs import configure_logging, log_config
 
     host = args.host or settings.server.host
@@ -143,6 +156,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     options = {
         "host": host,
         "port": port,
+        "http": HTTPLimits.of(settings.server),  # read_timeout, write_timeout, max_header_bytes
         "timeout_keep_alive": int(settings.server.idle_timeout),
         "log_config": log_config(),
         "access_log": False,  # our access log has the contract's fields and no query strings
@@ -218,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         return _worker(settings)
     if args.command == "create-admin":
-        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
+        password = _password_from_stdin() if args.password_stdin else args.password
+        if password is None:
+            return 1
         return _create_admin(settings, args.email, password)
     raise AssertionError(args.command)
 

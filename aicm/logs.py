@@ -3,9 +3,10 @@
 ``configure_logging(settings.logging)`` installs one stream handler (``json`` or ``text``) and, when
 ``logging.file.enabled``, one rotating file handler (always JSON: operators grep and ``jq`` that file) on the
 root logger. The ``uvicorn`` loggers lose their own handlers and propagate to the root, so every line shares
-one format. Every handler it installs runs two filters before formatting: :class:`RequestContextFilter`
-(``request_id``, ``ip`` and ``user_id`` of the request being served) and :class:`RedactionFilter` (no
-password, token or secret reaches a line); the formatters redact once more as a last guard.
+one format; ``uvicorn.access`` is silenced (``http_request`` lines replace it). Every handler it installs
+runs two filters before formatting: :class:`RequestContextFilter` (``request_id``, ``ip`` and ``user_id`` of
+the request being served) and :class:`RedactionFilter` (no password, token or secret reaches a line); the
+formatters redact once more as a last guard.
 
 The JSON line keeps a fixed head: ``timestamp``, ``level``, ``event`` then ``ip``. Items are separated by
 ``", "`` and keys from values by a bare ``":"``, so the runbook's ``grep 'status":5'`` finds 5xx lines and
@@ -69,6 +70,11 @@ SECURITY_EVENTS = frozenset(
 )
 _RESERVED_EVENTS = SECURITY_EVENTS | {"http_request"}
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+# uvicorn's own access lines repeat the http_request line AccessLogMiddleware writes: this logger keeps no
+# handlers and does not propagate, so uvicorn (which asks ``hasHandlers()``) does not even format them. Done
+# here and not only by ``access_log=False``: ``serve --workers N`` configures logging in each worker after
+# uvicorn did.
+ACCESS_LOGGER = "uvicorn.access"
 MEGABYTE = 1024 * 1024
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` (or a filter).
@@ -455,7 +461,7 @@ def configure_logging(config: LoggingConfig, *, stream: IO[str] | None = None) -
         for handler in logger.handlers[:]:
             logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
-        logger.propagate = True
+        logger.propagate = name != ACCESS_LOGGER
         logger.disabled = False
 
 
@@ -468,7 +474,7 @@ def log_config() -> dict[str, Any]:
     return {
         "version": 1,
         "incremental": True,
-        "loggers": {name: {"propagate": True} for name in UVICORN_LOGGERS},
+        "loggers": {name: {"propagate": name != ACCESS_LOGGER} for name in UVICORN_LOGGERS},
     }
 
 

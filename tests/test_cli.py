@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -85,6 +88,66 @@ def test_create_admin_creates_then_promotes_idempotently(tmp_path: Path) -> None
     )
     assert again.returncode == 0, again.stderr
     assert "already" in again.stdout
+
+
+def at_a_terminal(args: list[str], cwd: Path, answers: list[str]) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdin, stdout and stderr; type ``answers`` at its prompts."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        start_new_session=True,
+    )
+    os.close(child)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        pending, answered = list(answers), 0
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+                if pending and seen[answered:].rstrip().endswith(b":"):  # a new prompt, not the last one
+                    os.write(main, pending.pop(0).encode() + b"\n")
+                    answered = len(seen)
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=30), seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+
+
+def test_create_admin_at_a_terminal_asks_twice_and_never_shows_the_password(tmp_path: Path) -> None:
+    secret = "terminal-Passphrase-77"
+    code, screen = at_a_terminal(
+        ["create-admin", "--email", "tty@example.com", "--password-stdin"], tmp_path, [secret, secret]
+    )
+    assert code == 0, screen
+    assert "Password:" in screen and "Password (again):" in screen
+    assert "created admin tty@example.com" in screen
+    assert secret not in screen
+
+
+def test_create_admin_at_a_terminal_refuses_two_different_passwords(tmp_path: Path) -> None:
+    code, screen = at_a_terminal(
+        ["create-admin", "--email", "tty@example.com", "--password-stdin"],
+        tmp_path,
+        ["terminal-Passphrase-77", "terminal-Passphrase-78"],
+    )
+    assert code == 1
+    assert "the passwords differ" in screen
 
 
 def test_create_admin_refuses_a_weak_password(tmp_path: Path) -> None:

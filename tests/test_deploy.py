@@ -446,6 +446,34 @@ def test_make_test_integration_explains_what_it_needs() -> None:
     assert "AICM_TEST_DATABASE_URL" in result.stderr
 
 
+def test_the_test_prerequisites_check_names_what_is_missing(tmp_path: Path) -> None:
+    # given no service URLs and a PATH without the tools
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    script = [shutil.which("bash") or "/bin/bash", str(ROOT / "scripts" / "test_prerequisites.sh")]
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            script, env={"PATH": str(empty), **env}, capture_output=True, text=True, timeout=30
+        )
+
+    # when / then: a note, and the suite still runs
+    told = check()
+    assert told.returncode == 0
+    assert "AICM_TEST_DATABASE_URL" in told.stdout and "promtool (apt-get install prometheus" in told.stdout
+    assert "redis-server (apt-get install redis-server" in told.stdout
+    # with the services required, the same list stops it
+    required = check(AICM_REQUIRE_SERVICES="1")
+    assert required.returncode == 2
+    assert "promtool" in required.stderr and "AICM_TEST_REDIS_URL" in required.stderr
+    # and with everything there, silence
+    everything = check(
+        AICM_TEST_DATABASE_URL="postgres://x", AICM_TEST_REDIS_URL="redis://x", PATH=os.environ["PATH"]
+    )
+    if everything.stdout:  # this machine lacks a tool: it is the only thing named
+        assert "AICM_TEST" not in everything.stdout
+
+
 def test_make_build_writes_a_wheel_an_sdist_and_the_guides_launcher(tmp_path: Path) -> None:
     # when
     result = make("build", f"DIST={tmp_path}", timeout=600)

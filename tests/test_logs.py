@@ -330,15 +330,14 @@ def test_uvicorn_logs_come_out_as_json_lines() -> None:
         '%s - "%s %s HTTP/%s" %d', "1.2.3.4:5", "GET", "/?token=t", "1.1", 200
     )
     # then
-    error_line, access_line = lines(buffer)
+    [error_line] = lines(buffer)  # the access line is AccessLogMiddleware's http_request, not uvicorn's
     assert (error_line["event"], error_line["message"]) == (
         "started_server_process",
         "Started server process [42]",
     )
     assert error_line["logger"] == "uvicorn.error"
     assert "color_message" not in error_line
-    assert access_line["event"] == "uvicorn_access"
-    assert "token=t" not in access_line["message"]
+    assert not logging.getLogger("uvicorn.access").hasHandlers()  # uvicorn does not even format them
     assert private.stream.getvalue() == ""
     assert len(aicm_handlers()) == 1
 

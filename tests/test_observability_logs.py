@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import require_services
 from tests.servers import TEST_JWT_SECRET, clean_env, serve
 
 PASSWORD = "Observability-passphrase-42!"
@@ -156,3 +157,26 @@ logging:
         text = path.read_text()
         for secret in secrets:
             assert secret not in text, f"{path.name} contains a secret"
+
+
+def test_with_two_workers_each_request_is_logged_once(tmp_path: Path) -> None:
+    # given serve --workers 2 (Redis shares sessions and events between them)
+    _, redis_url = require_services()
+    env = clean_env(
+        APP_ENV="test",
+        REDIS_URL=redis_url,
+        DATABASE_URL=f"sqlite://{tmp_path / 'aicm.db'}",
+        JWT_SECRET=TEST_JWT_SECRET,
+    )
+    ids = [f"twice-{n}" for n in range(6)]
+    with serve(tmp_path, env, "--workers", "2") as base, httpx.Client(base_url=base, timeout=10) as http:
+        # when
+        for request_id in ids:
+            assert http.get("/health", headers={"X-Request-ID": request_id}).status_code == 200
+        time.sleep(0.5)  # the workers' stdout reaches the log file
+    # then one http_request line each, and no uvicorn access line at all
+    records = json_lines(next(tmp_path.glob("server-*.log")))
+    assert not [r for r in records if r["event"] == "uvicorn_access"]
+    for request_id in ids:
+        lines = [r for r in records if r.get("request_id") == request_id]
+        assert [r["event"] for r in lines] == ["http_request"], lines

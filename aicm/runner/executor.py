@@ -322,7 +322,7 @@ class TaskExecutor:
                 "task_id": task.id,
                 "project_id": task.project_id,  # type: ignore[attr-defined]
                 "worker_id": self.worker_id,
-                "parent_id": task.parent_id,  # type: ignore[attr-defined]
+                "parent_id": task.parent_id,
             },
         )
         try:

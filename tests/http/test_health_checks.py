@@ -236,7 +236,7 @@ async def test_database_down_answers_unhealthy_503_quickly(proxied_server: tuple
     status, body, _ = await health(base)
     assert (status, body["services"]) == (
         200,
-        {"database": "healthy", "redis": "embedded", "auth": "healthy"},
+        {"database": "healthy", "redis": "embedded", "auth": "healthy", "runner": "embedded"},
     )
     # when the database becomes unreachable
     proxy.cut()

@@ -23,7 +23,7 @@ from aicm.runner.worker import QueueDispatcher, make_queue
 from tests.conftest import DEMO_AGENT, Backend, require_services
 from tests.factories import make_project, make_user
 from tests.schema.test_tasks import finished, status_becomes
-from tests.servers import CLI, TEST_JWT_SECRET, clean_env
+from tests.servers import CLI, TEST_JWT_SECRET, clean_env, free_port
 
 
 def start_worker(tmp_path: Path, name: str, *, grace: str, delay: str = "0") -> subprocess.Popen[bytes]:
@@ -50,6 +50,14 @@ def start_worker(tmp_path: Path, name: str, *, grace: str, delay: str = "0") -> 
     return subprocess.Popen(
         [*CLI, "worker", "--config", str(config)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
     )
+
+
+def start_serve(tmp_path: Path, config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (tmp_path / "serve.log").open("w") as log:
+        return subprocess.Popen(
+            [*CLI, "serve", "--port", str(free_port()), "--config", str(config)],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def stop(worker: subprocess.Popen[bytes], timeout: float) -> float:
@@ -175,3 +183,40 @@ async def test_the_embedded_executor_drains_too(
     assert (await models.Task.get(id=queued.id)).status == models.TaskStatus.PENDING
     assert 3 <= time.monotonic() - started < 12
     assert "3 s after the shutdown began" in stopped.error
+
+
+@pytest.mark.parametrize(
+    ("prompt", "grace", "status"), [("sleep:2", "20s", "SUCCEEDED"), ("sleep:60", "1s", "FAILED")]
+)
+async def test_serve_drains_its_embedded_executor_on_sigterm(
+    app: Starlette,
+    client: httpx.AsyncClient,
+    services: None,
+    tmp_path: Path,
+    prompt: str,
+    grace: str,
+    status: str,
+) -> None:
+    # given a single-process serve (no Redis: it takes the PENDING tasks when it starts) running a task
+    database_url, _ = require_services()
+    owner = await make_user()
+    project = await make_project(owner)
+    task = await models.Task.create(project=project, created_by=owner, prompt=prompt)
+    config = tmp_path / "serve.yaml"
+    runner = {"command": DEMO_AGENT, "env": {"AICM_DEMO_DELAY": "0"}, "shutdown_grace": grace}
+    config.write_text(yaml.safe_dump({"runner": runner | {"workspace_root": str(tmp_path / "w")}}))
+    env = clean_env(DATABASE_URL=database_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test")
+    server = start_serve(tmp_path, config, env)
+    try:
+        await status_becomes(task.id, models.TaskStatus.RUNNING, wait=30)
+        # when
+        stop(server, timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # then the short task finished; the long one ended honestly
+    ended = await models.Task.get(id=task.id)
+    assert str(ended.status) == status, ended.error
+    if status == "FAILED":
+        assert ended.error.startswith("worker stopped")
+    assert [e["status"] for e in events(tmp_path / "serve.log", "task_finished")] == [status]

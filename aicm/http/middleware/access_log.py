@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import ClientDisconnect
+
 from aicm.logs import client_ip
 
 if TYPE_CHECKING:
@@ -25,7 +27,9 @@ class AccessLogMiddleware:
     ``ip`` is ``scope["state"]["client_ip"]`` when another middleware set it, else the socket peer;
     ``user_id`` is ``scope["state"]["user_id"]`` as the GraphQL context left it. A request whose app raised is
     logged with status 500 and the exception (``error``, ``stack``), then the exception goes on up. 5xx lines
-    without an exception carry the status phrase as ``error``. Paths in ``exclude_paths`` are not logged.
+    without an exception carry the status phrase as ``error``. A client that went away before the request was
+    read (``ClientDisconnect``) is one ``client_disconnected`` line with status 499, at INFO, no traceback.
+    Paths in ``exclude_paths`` are not logged.
 
     >>> Middleware(AccessLogMiddleware, exclude_paths={"/metrics"})  # doctest: +SKIP
     """
@@ -52,6 +56,9 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_and_watch)
+        except ClientDisconnect:  # nobody is left to answer: not a server error, and nothing to re-raise
+            self._log(scope, CLIENT_CLOSED_REQUEST, started, event="client_disconnected")
+            return
         except Exception as exc:
             self._log(scope, 500, started, exc)
             raise
@@ -61,10 +68,18 @@ class AccessLogMiddleware:
         # An app that returns without starting a response gets a 500 from the server.
         self._log(scope, status if status is not None else 500, started)
 
-    def _log(self, scope: Scope, status: int, started: float, exc: BaseException | None = None) -> None:
+    def _log(
+        self,
+        scope: Scope,
+        status: int,
+        started: float,
+        exc: BaseException | None = None,
+        *,
+        event: str = "http_request",
+    ) -> None:
         state = scope.get("state") or {}
         fields: dict[str, Any] = {
-            "event": "http_request",
+            "event": event,
             "ip": client_ip(scope),
             "request_id": state.get("request_id"),
             "method": scope.get("method"),
@@ -76,6 +91,8 @@ class AccessLogMiddleware:
         if status >= 500 and exc is None:
             fields["error"] = _phrase(status)
         level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+        if status == CLIENT_CLOSED_REQUEST:  # the client's choice, not a fault of the request
+            level = logging.INFO
         self.logger.log(
             level,
             "%s %s %s",
