@@ -9,16 +9,15 @@ from typing import Any
 
 import strawberry
 
-from aicm import models, resolvers
+from aicm import resolvers
 from aicm.errors import BadUserInput
 from aicm.metrics import GRAPHQL_SUBSCRIPTIONS
-from aicm.resolvers.loaders import Loaders
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.projects import Project, ProjectMember
 from aicm.schema.relay import decode_id, encode_id
 from aicm.schema.tasks import Task, TaskLogLine
-from aicm.schema.users import User
+from aicm.schema.users import User, user_or_none
 
 
 @strawberry.enum
@@ -49,21 +48,21 @@ class ProjectEvent:
             payload=payload,
         )
 
-    @strawberry.field(description="Who caused it; null for changes the server made itself.")
+    @strawberry.field(
+        description="Who caused it; null for changes the server made itself and for users you may not see."
+    )
     async def actor(self, info: Info) -> User | None:
-        actor_id = self.payload.get("actor_id")
-        user = await info.context.loaders.user_by_id.load(actor_id) if actor_id else None
-        return User.from_model(user) if user else None
+        return await user_or_none(info, self.payload.get("actor_id"))
 
-    @strawberry.field(description="The project as it is now; null once it is deleted.")
+    @strawberry.field(description="The project as it is now; null once it is deleted or you may not read it.")
     async def project(self, info: Info) -> Project | None:
         project = await info.context.loaders.project_by_id.load(self.payload["project_id"])
         return Project.from_model(project) if project else None
 
-    @strawberry.field(description="The task, for TASK_CREATED and TASK_UPDATED.")
+    @strawberry.field(description="The task, for TASK_* events; null when you may not read its tasks.")
     async def task(self, info: Info) -> Task | None:
         task_id = self.payload.get("task_id")
-        task = await models.Task.get_or_none(id=task_id) if task_id else None
+        task = await info.context.loaders.task_by_id.load(task_id) if task_id else None
         return Task.from_model(task) if task else None
 
     @strawberry.field(description="The membership, for MEMBER_* events (as it was, for a removal).")
@@ -73,6 +72,7 @@ class ProjectEvent:
             return None
         return ProjectMember(
             added_at=datetime.fromisoformat(member["added_at"]),
+            project_pk=self.payload["project_id"],
             user_pk=member["user_id"],
             role_pk=member["role_id"],
         )
@@ -103,7 +103,7 @@ class Subscription:
             decode_id(project_id, "Project", field="projectId"),
         )
         async for payload in _counted(stream):
-            context.loaders = Loaders()  # each event is resolved against fresh data
+            context.renew_loaders()  # each event is resolved against fresh data, as the viewer sees it now
             yield ProjectEvent.from_payload(payload)
 
     @strawberry.subscription(permission_classes=[IsAuthenticated])
@@ -115,9 +115,9 @@ class Subscription:
             context.runtime.auth,
             decode_id(task_id, "Task", field="taskId"),
         )
-        async for task in _counted(stream):
-            context.loaders = Loaders()
-            yield Task.from_model(task)
+        async for task_id in _counted(stream):
+            context.renew_loaders()
+            yield Task.from_model(await resolvers.subscriptions.task_now(context.loaders, task_id))
 
     @strawberry.subscription(
         permission_classes=[IsAuthenticated],
