@@ -16,7 +16,7 @@ from aicm import models
 from aicm.auth import authorization
 from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer, load_viewer
-from aicm.errors import AppError, Forbidden, RateLimited
+from aicm.errors import AppError, BadUserInput, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
 from aicm.resolvers.loaders import Loaders
 from aicm.runner.logs import line_payload
@@ -161,6 +161,8 @@ async def task_logs(
     Subscribing comes first and reading storage second, so a line stored meanwhile is seen at least once;
     every line whose seq is not past the last one delivered is dropped. Ends after the task's last line.
     """
+    if after_seq < 0:
+        raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
     task = await authorization.get_visible_task(viewer, task_id)
     access = Access(auth, viewer, task.project_id, Permission.TASK_READ)  # type: ignore[attr-defined]
     await access.settle()

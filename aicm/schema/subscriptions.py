@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -10,7 +10,6 @@ from typing import Any
 import strawberry
 
 from aicm import resolvers
-from aicm.errors import BadUserInput
 from aicm.metrics import GRAPHQL_SUBSCRIPTIONS
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
@@ -95,29 +94,17 @@ class Subscription:
     async def project_events(
         self, info: Info, project_id: strawberry.ID
     ) -> AsyncGenerator[ProjectEvent, None]:
-        context = info.context
-        stream = resolvers.subscriptions.project_events(
-            context.viewer,
-            context.runtime.broker,
-            context.runtime.auth,
-            decode_id(project_id, "Project", field="projectId"),
-        )
-        async for payload in _counted(stream):
+        context, project_pk = info.context, decode_id(project_id, "Project", field="projectId")
+        async for payload in _open(info, resolvers.subscriptions.project_events, project_pk):
             context.renew_loaders()  # each event is resolved against fresh data, as the viewer sees it now
             yield ProjectEvent.from_payload(payload)
 
     @strawberry.subscription(permission_classes=[IsAuthenticated])
     async def task_updates(self, info: Info, task_id: strawberry.ID) -> AsyncGenerator[Task, None]:
-        context = info.context
-        stream = resolvers.subscriptions.task_updates(
-            context.viewer,
-            context.runtime.broker,
-            context.runtime.auth,
-            decode_id(task_id, "Task", field="taskId"),
-        )
-        async for task_id in _counted(stream):
+        context, task_pk = info.context, decode_id(task_id, "Task", field="taskId")
+        async for pk in _open(info, resolvers.subscriptions.task_updates, task_pk):
             context.renew_loaders()
-            yield Task.from_model(await resolvers.subscriptions.task_now(context.loaders, task_id))
+            yield Task.from_model(await resolvers.subscriptions.task_now(context.loaders, pk))
 
     @strawberry.subscription(
         permission_classes=[IsAuthenticated],
@@ -126,22 +113,18 @@ class Subscription:
     async def task_logs(
         self, info: Info, task_id: strawberry.ID, after_seq: int = 0
     ) -> AsyncGenerator[TaskLogLine, None]:
-        context = info.context
-        if after_seq < 0:
-            raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
-        stream = resolvers.subscriptions.task_logs(
-            context.viewer,
-            context.runtime.broker,
-            context.runtime.auth,
-            decode_id(task_id, "Task", field="taskId"),
-            after_seq,
-        )
-        async for payload in _counted(stream):
+        task_pk = decode_id(task_id, "Task", field="taskId")
+        async for payload in _open(info, resolvers.subscriptions.task_logs, task_pk, after_seq):
             yield _line(payload)
 
 
-async def _counted(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
-    """``graphql_subscriptions_active`` while the stream is open; the stream is closed on every exit."""
+async def _open(
+    info: Info, streams: Callable[..., AsyncIterator[Any]], *args: Any
+) -> AsyncGenerator[Any, None]:
+    """The resolver's stream for this viewer, counted in ``graphql_subscriptions_active`` while it is open and
+    closed on every exit."""
+    runtime = info.context.runtime
+    stream = streams(info.context.viewer, runtime.broker, runtime.auth, *args)
     GRAPHQL_SUBSCRIPTIONS.inc()
     try:
         async for item in stream:
