@@ -18,6 +18,7 @@ from aicm.resolvers import validation
 from aicm.resolvers.pagination import Page, paginate
 from aicm.resolvers.unit_of_work import UnitOfWork, unit_of_work
 from aicm.subscriptions import channels, events
+from aicm.subscriptions.events import ProjectEventType
 
 SLUG_ATTEMPTS = 5
 
@@ -116,7 +117,8 @@ async def update_project(
             await project.update_from_dict(changes).save(using_db=uow.connection)
             await uow.audit("project.update", project, fields=sorted(changes))
             uow.emit(
-                channels.project(project.id), events.project_event(events.PROJECT_UPDATED, project, viewer)
+                channels.project(project.id),
+                events.project_event(ProjectEventType.PROJECT_UPDATED, project, viewer),
             )
     return project
 
@@ -130,7 +132,8 @@ async def archive_project(viewer: Viewer, project_id: int) -> models.Project:
             await project.save(using_db=uow.connection, update_fields=["status", "updated_at"])
             await uow.audit("project.archive", project)
             uow.emit(
-                channels.project(project.id), events.project_event(events.PROJECT_ARCHIVED, project, viewer)
+                channels.project(project.id),
+                events.project_event(ProjectEventType.PROJECT_ARCHIVED, project, viewer),
             )
     return project
 
@@ -142,7 +145,10 @@ async def delete_project(viewer: Viewer, project_id: int) -> bool:
         await uow.audit("project.delete", project, name=project.name, slug=project.slug)
         await models.ProjectMember.filter(project_id=project.id).using_db(uow.connection).delete()
         await project.delete(using_db=uow.connection)
-        uow.emit(channels.project(project_id), events.project_event(events.PROJECT_DELETED, project, viewer))
+        uow.emit(
+            channels.project(project_id),
+            events.project_event(ProjectEventType.PROJECT_DELETED, project, viewer),
+        )
     return True
 
 
@@ -208,7 +214,8 @@ async def add_project_member(
         )
         await uow.audit("project.add_member", project, user_id=user.id, role=role.name)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_ADDED, project, member, viewer)
+            channels.project(project.id),
+            events.member_event(ProjectEventType.MEMBER_ADDED, project, member, viewer),
         )
     viewer.forget()
     return member
@@ -237,7 +244,8 @@ async def update_project_member(
             await _keep_owner_pointer(uow, project, user_id)
         await uow.audit("project.update_member", project, user_id=user_id, role=role.name, previous=previous)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_UPDATED, project, member, viewer)
+            channels.project(project.id),
+            events.member_event(ProjectEventType.MEMBER_UPDATED, project, member, viewer),
         )
     viewer.forget()  # the viewer's own role may be the one that changed
     return member
@@ -255,7 +263,8 @@ async def remove_project_member(viewer: Viewer, project_id: int, user_id: int) -
         await _keep_owner_pointer(uow, project, user_id)
         await uow.audit("project.remove_member", project, user_id=user_id, role=member.role.name)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_REMOVED, project, member, viewer)
+            channels.project(project.id),
+            events.member_event(ProjectEventType.MEMBER_REMOVED, project, member, viewer),
         )
     viewer.forget()
     return True

@@ -16,6 +16,7 @@ from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.pagination import Page, page_size, paginate
 from aicm.resolvers.unit_of_work import unit_of_work
 from aicm.subscriptions import channels, events
+from aicm.subscriptions.events import ProjectEventType
 
 if TYPE_CHECKING:
     from aicm.runner.dispatch import TaskDispatcher
@@ -72,7 +73,9 @@ async def _start(
         await uow.audit(
             "task.create", task, project_id=project.id, follow_up_of=parent.id if parent else None
         )
-        uow.emit(channels.project(project.id), events.task_event(events.TASK_CREATED, task, user.id))
+        uow.emit(
+            channels.project(project.id), events.task_event(ProjectEventType.TASK_CREATED, task, user.id)
+        )
     await dispatcher.submit(task.id)
     return task
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 import strawberry
@@ -17,18 +16,9 @@ from aicm.schema.projects import Project, ProjectMember
 from aicm.schema.relay import decode_id, encode_id
 from aicm.schema.tasks import Task, TaskLogLine
 from aicm.schema.users import User, user_or_none
+from aicm.subscriptions import events
 
-
-@strawberry.enum
-class ProjectEventType(Enum):
-    PROJECT_UPDATED = "PROJECT_UPDATED"
-    PROJECT_ARCHIVED = "PROJECT_ARCHIVED"
-    PROJECT_DELETED = "PROJECT_DELETED"
-    MEMBER_ADDED = "MEMBER_ADDED"
-    MEMBER_UPDATED = "MEMBER_UPDATED"
-    MEMBER_REMOVED = "MEMBER_REMOVED"
-    TASK_CREATED = "TASK_CREATED"
-    TASK_UPDATED = "TASK_UPDATED"
+ProjectEventType = strawberry.enum(events.ProjectEventType)
 
 
 @strawberry.type

@@ -25,6 +25,7 @@ from aicm.auth.permissions import ADMIN, AUDITOR, DEVELOPER, MAINTAINER, MEMBER,
 from aicm.auth.viewer import Viewer
 from aicm.schema.relay import encode_id
 from aicm.subscriptions import channels, events
+from aicm.subscriptions.events import ProjectEventType
 from tests.factories import add_member, make_project, make_role, make_user, token_for
 from tests.graphql import error_codes, execute
 from tests.ws import GraphQLWS
@@ -116,25 +117,25 @@ QUERIES = [
 SUBSCRIPTIONS = [
     Row("projectEvents.project",
         "subscription($project: ID!) { projectEvents(projectId: $project) { project { name } } }",
-        "projectEvents.project.name", outcome(PROJECT_READERS, HIDDEN), events.PROJECT_UPDATED),
+        "projectEvents.project.name", outcome(PROJECT_READERS, HIDDEN), ProjectEventType.PROJECT_UPDATED),
     Row("projectEvents.actor",
         "subscription($project: ID!) { projectEvents(projectId: $project) { actor { email } } }",
-        "projectEvents.actor.email", outcome(PROJECT_READERS, HIDDEN), events.PROJECT_UPDATED),
+        "projectEvents.actor.email", outcome(PROJECT_READERS, HIDDEN), ProjectEventType.PROJECT_UPDATED),
     Row("projectEvents.task",
         "subscription($project: ID!) { projectEvents(projectId: $project) { task { prompt } } }",
-        "projectEvents.task.prompt", outcome(BOTH, HIDDEN, project_reader=NULL), events.TASK_UPDATED),
+        "projectEvents.task.prompt", outcome(BOTH, HIDDEN, project_reader=NULL), ProjectEventType.TASK_UPDATED),
     Row("projectEvents.task.createdBy",
         "subscription($project: ID!) { projectEvents(projectId: $project) { task { createdBy { email } } } }",
-        "projectEvents.task.createdBy.email", outcome(BOTH, HIDDEN, project_reader=NULL), events.TASK_UPDATED),
+        "projectEvents.task.createdBy.email", outcome(BOTH, HIDDEN, project_reader=NULL), ProjectEventType.TASK_UPDATED),
     Row("projectEvents.task.logs",
         "subscription($project: ID!) { projectEvents(projectId: $project) { task { logs { text } } } }",
-        "projectEvents.task.logs.text", outcome(BOTH, HIDDEN, project_reader=NULL), events.TASK_UPDATED),
+        "projectEvents.task.logs.text", outcome(BOTH, HIDDEN, project_reader=NULL), ProjectEventType.TASK_UPDATED),
     Row("projectEvents.member.user",
         "subscription($project: ID!) { projectEvents(projectId: $project) { member { user { email } } } }",
-        "projectEvents.member.user.email", outcome(PROJECT_READERS, HIDDEN), events.MEMBER_ADDED),
+        "projectEvents.member.user.email", outcome(PROJECT_READERS, HIDDEN), ProjectEventType.MEMBER_ADDED),
     Row("projectEvents.project.members.user",
         "subscription($project: ID!) { projectEvents(projectId: $project) { project { members { user { email } } } } }",
-        "projectEvents.project.members.user.email", outcome(PROJECT_READERS, HIDDEN), events.PROJECT_UPDATED),
+        "projectEvents.project.members.user.email", outcome(PROJECT_READERS, HIDDEN), ProjectEventType.PROJECT_UPDATED),
     Row("taskUpdates", "subscription($task: ID!) { taskUpdates(taskId: $task) { prompt } }",
         "taskUpdates.prompt", outcome(TASK_READERS, HIDDEN)),
     Row("taskUpdates.project", "subscription($task: ID!) { taskUpdates(taskId: $task) { project { name } } }",
@@ -235,9 +236,9 @@ async def test_a_nested_path_shows_only_what_the_viewer_may_see(
 
 async def _publish(app: Starlette, world: World, kind: str) -> None:
     owner, project = world.users["owner"], world.project
-    if kind == events.TASK_UPDATED:
+    if kind == ProjectEventType.TASK_UPDATED:
         payload = events.task_event(kind, world.task, owner.id)
-    elif kind == events.MEMBER_ADDED:
+    elif kind == ProjectEventType.MEMBER_ADDED:
         member = await models.ProjectMember.get(project=project, user=world.users["viewer"])
         payload = events.member_event(kind, project, member, Viewer(user=owner))
     else:
