@@ -3,6 +3,12 @@
 Queries, mutations, DataLoaders and subscriptions all ask here; no other module compares roles or permissions.
 A permission holds when a system role of the viewer grants it (for every project), or when the viewer's role
 in the project grants it. What the viewer may not see answers NOT_FOUND, like what does not exist.
+
+Who sees what (CONTRACT §4):
+- a project: holders of ``project:read`` in it (by membership or a system role); its members come with it;
+- a task and its log lines: holders of ``task:read`` in the task's project;
+- a user (every field, email included): the user themself, holders of ``user:read``, and whoever may read a
+  project the user is a member of.
 """
 
 from __future__ import annotations
@@ -10,13 +16,13 @@ from __future__ import annotations
 import logging
 from typing import TypeVar
 
-from tortoise.expressions import Subquery
+from tortoise.expressions import Q, Subquery
 from tortoise.queryset import QuerySet
 
 from aicm import models
-from aicm.auth.permissions import Permission
+from aicm.auth.permissions import ADMIN, Permission
 from aicm.auth.viewer import Viewer
-from aicm.errors import Forbidden, NotFound, Unauthenticated
+from aicm.errors import Forbidden, NotFound
 
 log = logging.getLogger("aicm.security")
 
@@ -59,22 +65,27 @@ def deny(viewer: Viewer, permission: str, target: str | None = None) -> Forbidde
     return Forbidden(f"Missing permission {permission}")
 
 
-def require_signed_in(viewer: Viewer) -> models.User:
-    if viewer.user is None:
-        raise Unauthenticated()
-    return viewer.user
-
-
 def require_system(viewer: Viewer, permission: str) -> None:
-    require_signed_in(viewer)
+    viewer.require_user()
     if not has_system(viewer, permission):
         raise deny(viewer, permission)
 
 
 async def require(viewer: Viewer, permission: str, project: models.Project) -> None:
-    require_signed_in(viewer)
+    viewer.require_user()
     if not await can(viewer, permission, project):
         raise deny(viewer, permission, f"Project:{project.id}")
+
+
+# --- which rows the viewer sees ----------------------------------------------------------------------------
+
+
+async def _role_ids_with(viewer: Viewer, permission: str) -> list[int]:
+    return [
+        role.id
+        for role in (await viewer.roles()).values()
+        if role.scope == models.RoleScope.PROJECT and permission in (role.permissions or [])
+    ]
 
 
 async def _granted(viewer: Viewer, permission: str, model: type[M], project_field: str) -> QuerySet[M]:
@@ -94,43 +105,65 @@ async def visible_projects(viewer: Viewer) -> QuerySet[models.Project]:
     return await _granted(viewer, Permission.PROJECT_READ, models.Project, "id")
 
 
+async def visible_tasks(viewer: Viewer) -> QuerySet[models.Task]:
+    """The tasks whose project lets the viewer read tasks (filtered in SQL)."""
+    return await _granted(viewer, Permission.TASK_READ, models.Task, "project_id")
+
+
+async def visible_members(viewer: Viewer) -> QuerySet[models.ProjectMember]:
+    """Memberships of the projects the viewer may read: a project's readers read its members."""
+    projects = await visible_projects(viewer)
+    return models.ProjectMember.filter(project_id__in=Subquery(projects.values("id")))
+
+
+async def visible_users(viewer: Viewer) -> QuerySet[models.User]:
+    """The users the viewer may see: themself; everyone with ``user:read``; else the members of the projects
+    they may read. This is the one rule for users, their email included."""
+    if not viewer.is_authenticated:
+        return models.User.filter(id__in=[])
+    if has_system(viewer, Permission.USER_READ):
+        return models.User.all()
+    co_members = (await visible_members(viewer)).values("user_id")
+    return models.User.filter(Q(id=viewer.user_id) | Q(id__in=Subquery(co_members)))
+
+
 async def get_visible_project(viewer: Viewer, project_id: int) -> models.Project:
-    require_signed_in(viewer)
+    viewer.require_user()
     project = await models.Project.get_or_none(id=project_id)
     if project is None or not await can(viewer, Permission.PROJECT_READ, project):
         raise NotFound("Project not found")
     return project
 
 
-async def can_see_user(viewer: Viewer, user_id: int) -> bool:
-    """Users are readable by themselves and by holders of ``user:read``."""
-    return viewer.user_id == user_id or has_system(viewer, Permission.USER_READ)
-
-
-async def _role_ids_with(viewer: Viewer, permission: str) -> list[int]:
-    return [
-        role.id
-        for role in (await viewer.roles()).values()
-        if role.scope == models.RoleScope.PROJECT and permission in (role.permissions or [])
-    ]
-
-
-async def visible_tasks(viewer: Viewer) -> QuerySet[models.Task]:
-    """The tasks whose project lets the viewer read tasks (filtered in SQL)."""
-    return await _granted(viewer, Permission.TASK_READ, models.Task, "project_id")
-
-
 async def get_visible_task(viewer: Viewer, task_id: int) -> models.Task:
-    require_signed_in(viewer)
+    viewer.require_user()
     task = await models.Task.get_or_none(id=task_id).prefetch_related("project")
     if task is None or not await can(viewer, Permission.TASK_READ, task.project):
         raise NotFound("Task not found")
     return task
 
 
+async def get_visible_user(viewer: Viewer, user_id: int) -> models.User:
+    viewer.require_user()
+    user = await (await visible_users(viewer)).get_or_none(id=user_id)
+    if user is None:
+        raise NotFound("User not found")
+    return user
+
+
+async def access_roles(viewer: Viewer, project_id: int) -> frozenset[int]:
+    """The roles whose permissions decide the viewer's access to a project: their system roles and their role
+    in the project. A change to any other role cannot change that access."""
+    membership = await viewer.membership(project_id)
+    return viewer.system_role_ids | ({membership.role_id} if membership else set())  # type: ignore[attr-defined]
+
+
+# --- tasks -------------------------------------------------------------------------------------------------
+
+
 async def require_cancel(viewer: Viewer, task: models.Task) -> None:
     """Any task with ``task:cancel_any``; one's own with ``task:cancel_own``."""
-    require_signed_in(viewer)
+    viewer.require_user()
     if await can(viewer, Permission.TASK_CANCEL_ANY, task.project):
         return
     own = task.created_by_id == viewer.user_id  # type: ignore[attr-defined]
@@ -139,3 +172,44 @@ async def require_cancel(viewer: Viewer, task: models.Task) -> None:
     raise deny(
         viewer, Permission.TASK_CANCEL_ANY if not own else Permission.TASK_CANCEL_OWN, f"Task:{task.id}"
     )
+
+
+# --- members and owners ------------------------------------------------------------------------------------
+
+
+def is_owner_level(role: models.Role) -> bool:
+    """Owner-level roles may make owners; a project always keeps a member holding one."""
+    return Permission.MEMBER_MANAGE_OWNERS in (role.permissions or [])
+
+
+async def owner_role_ids() -> list[int]:
+    roles = await models.Role.filter(scope=models.RoleScope.PROJECT)
+    return [role.id for role in roles if is_owner_level(role)]
+
+
+async def require_member_manage(viewer: Viewer, project: models.Project, *roles: models.Role) -> None:
+    """Managing members needs ``member:manage``; touching owner-level roles needs ``member:manage_owners``.
+
+    Without ``member:manage_owners`` nobody grants a role carrying permissions they do not hold themselves.
+    """
+    await require(viewer, Permission.MEMBER_MANAGE, project)
+    if await can(viewer, Permission.MEMBER_MANAGE_OWNERS, project):
+        return
+    for role in roles:
+        if is_owner_level(role):
+            raise deny(viewer, Permission.MEMBER_MANAGE_OWNERS, f"Project:{project.id}")
+        for permission in role.permissions or []:
+            if not await can(viewer, permission, project):
+                raise deny(viewer, permission, f"Project:{project.id}")
+
+
+# --- administrators ----------------------------------------------------------------------------------------
+
+
+def is_admin_role(role: models.Role) -> bool:
+    return role.built_in and role.name == ADMIN
+
+
+def active_admins() -> QuerySet[models.UserRole]:
+    """Grants of the built-in admin role to active users (the system always keeps one)."""
+    return models.UserRole.filter(role__name=ADMIN, role__built_in=True, user__is_active=True)

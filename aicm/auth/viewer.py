@@ -20,6 +20,7 @@ class Viewer:
     user: models.User | None = None
     session_id: str | None = None
     permissions: frozenset[str] = field(default_factory=frozenset)  # from system roles
+    system_role_ids: frozenset[int] = field(default_factory=frozenset)
     ip: str | None = None
     user_agent: str | None = None
     _memberships: DataLoader[int, models.ProjectMember | None] | None = field(default=None, repr=False)
@@ -34,6 +35,7 @@ class Viewer:
         return self.user.id if self.user else None
 
     def require_user(self) -> models.User:
+        """The signed-in user, else UNAUTHENTICATED: the one "must be signed in" check."""
         if self.user is None:
             raise Unauthenticated()
         return self.user
@@ -60,18 +62,29 @@ class Viewer:
         return await asyncio.shield(self._roles)
 
     def forget(self) -> None:
-        """Drop cached lookups, e.g. after a mutation changed memberships or before a re-check."""
+        """Drop cached lookups, e.g. after a mutation changed memberships or roles, or before a re-check."""
         self._memberships = None
         self._roles = None
+
+    def refresh(self, fresh: Viewer) -> None:
+        """Take over a freshly loaded viewer's account and system roles, in place.
+
+        A WebSocket connection shares one viewer between its subscriptions and the loaders that resolve their
+        events; updating it in place makes every one of them see the re-checked permissions.
+        """
+        self.user, self.permissions = fresh.user, fresh.permissions
+        self.system_role_ids = fresh.system_role_ids
+        self.forget()
 
 
 async def _all_roles() -> dict[int, models.Role]:
     return {role.id: role for role in await models.Role.all()}
 
 
-async def system_permissions(user_id: int) -> frozenset[str]:
-    roles = await models.Role.filter(user_roles__user_id=user_id).values_list("permissions", flat=True)
-    return frozenset(p for perms in roles for p in (perms or []))
+async def system_roles(user_id: int) -> tuple[frozenset[int], frozenset[str]]:
+    """The ids of the user's system roles and the permissions they grant."""
+    roles = await models.Role.filter(user_roles__user_id=user_id).values_list("id", "permissions")
+    return frozenset(r for r, _ in roles), frozenset(p for _, perms in roles for p in (perms or []))
 
 
 async def load_viewer(user_id: int, session_id: str | None, ip: str | None, user_agent: str | None) -> Viewer:
@@ -79,4 +92,5 @@ async def load_viewer(user_id: int, session_id: str | None, ip: str | None, user
     user = await models.User.get_or_none(id=user_id)
     if user is None or not user.is_active:
         raise Unauthenticated("Account is not active", reason="ACCOUNT_INACTIVE")
-    return Viewer(user, session_id, await system_permissions(user.id), ip, user_agent)
+    role_ids, permissions = await system_roles(user.id)
+    return Viewer(user, session_id, permissions, role_ids, ip, user_agent)

@@ -1,17 +1,29 @@
-"""DataLoaders, one set per request: every relation a list touches is loaded in one query per level."""
+"""DataLoaders of one viewer: every relation a list touches is loaded in one query per level, and only rows
+the viewer may see come back (``auth/authorization.py`` decides which, inside the same SQL).
+
+A hidden row loads as ``None``, exactly like a missing one, so a nested field cannot show what its root field
+would answer NOT_FOUND for.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 from strawberry.dataloader import DataLoader
+from tortoise.expressions import Subquery
 
 from aicm import models
+from aicm.auth import authorization
+from aicm.auth.viewer import Viewer
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+LogsKey = tuple[int, int, int]  # (task id, after seq, how many)
 
 
 def _by_key(keys: list[K], rows: Iterable[V], key: Callable[[V], K]) -> list[V | None]:
@@ -31,22 +43,81 @@ def _loader(fn: Callable[[list[Any]], Awaitable[list[Any]]]) -> DataLoader[Any, 
 
 
 class Loaders:
-    """Built fresh for every request (never shared across requests, so nothing stale leaks)."""
+    """Built for one viewer and one request (or one subscription event), so nothing stale or foreign leaks."""
 
-    def __init__(self) -> None:
-        self.user_by_id = _loader(self._users)
-        self.system_roles_by_user_id = _loader(self._system_roles)
-        self.members_by_project_id = _loader(self._members)
-        self.project_by_id = _loader(self._projects)
+    def __init__(self, viewer: Viewer) -> None:
+        self.viewer = viewer
+        self.project_by_id: DataLoader[int, models.Project | None] = _loader(self._projects)
+        self.task_by_id: DataLoader[int, models.Task | None] = _loader(self._tasks)
+        self.user_by_id: DataLoader[int, models.User | None] = _loader(self._users)
+        self.members_by_project_id: DataLoader[int, list[models.ProjectMember]] = _loader(self._members)
+        self.member_user: DataLoader[tuple[int, int], models.User | None] = _loader(self._member_users)
+        self.logs_by_task: DataLoader[LogsKey, list[models.TaskLog]] = _loader(self._logs)
+        self.viewer_role_by_project_id: DataLoader[int, models.Role | None] = _loader(self._viewer_roles)
+        self.role_by_id: DataLoader[int, models.Role | None] = _loader(self._roles)
+        self.system_roles_by_user_id: DataLoader[int, list[models.Role]] = _loader(self._system_roles)
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
         with contextlib.suppress(KeyError):
             self.system_roles_by_user_id.clear(user_id)
 
-    @staticmethod
-    async def _users(ids: list[int]) -> list[models.User | None]:
-        return _by_key(ids, await models.User.filter(id__in=ids), lambda u: u.id)
+    async def _projects(self, ids: list[int]) -> list[models.Project | None]:
+        visible = await authorization.visible_projects(self.viewer)
+        return _by_key(ids, await visible.filter(id__in=ids), lambda p: p.id)
+
+    async def _tasks(self, ids: list[int]) -> list[models.Task | None]:
+        visible = await authorization.visible_tasks(self.viewer)
+        return _by_key(ids, await visible.filter(id__in=ids), lambda t: t.id)
+
+    async def _users(self, ids: list[int]) -> list[models.User | None]:
+        visible = await authorization.visible_users(self.viewer)
+        return _by_key(ids, await visible.filter(id__in=ids), lambda u: u.id)
+
+    async def _members(self, project_ids: list[int]) -> list[list[models.ProjectMember]]:
+        visible = await authorization.visible_members(self.viewer)
+        rows = await visible.filter(project_id__in=project_ids).order_by("added_at", "id")
+        return _grouped(project_ids, rows, lambda m: m.project_id)
+
+    async def _member_users(self, keys: list[tuple[int, int]]) -> list[models.User | None]:
+        """The user of a membership (project id, user id): shown wherever the project's members are readable.
+
+        That also covers the membership a MEMBER_REMOVED event carries: the project's readers saw that member.
+        Elsewhere (the viewer's own removal from a project) the general user rule decides.
+        """
+        projects = await self.project_by_id.load_many([project_id for project_id, _ in keys])
+        readable = {user_id for (_, user_id), project in zip(keys, projects, strict=True) if project}
+        users = {u.id: u for u in await models.User.filter(id__in=readable)} if readable else {}
+        others = await self.user_by_id.load_many([user_id for _, user_id in keys if user_id not in users])
+        users |= {u.id: u for u in others if u is not None}
+        return [users.get(user_id) for _, user_id in keys]
+
+    async def _logs(self, keys: list[LogsKey]) -> list[list[models.TaskLog]]:
+        """Stored lines of visible tasks: one query per distinct (after seq, size), whatever the task count.
+
+        A task's seq runs 1, 2, 3... with no holes (one writer numbers them), so "the next ``n`` lines after
+        ``after``" is the range ``after < seq <= after + n`` and needs no per-task LIMIT.
+        """
+        visible = await authorization.visible_tasks(self.viewer)
+        pages: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for task_id, after, size in keys:
+            pages[(after, size)].append(task_id)
+        lines: dict[LogsKey, list[models.TaskLog]] = {key: [] for key in keys}
+        for (after, size), task_ids in pages.items():
+            tasks = visible.filter(id__in=task_ids).values("id")
+            rows = models.TaskLog.filter(task_id__in=Subquery(tasks), seq__gt=after, seq__lte=after + size)
+            for row in await rows.order_by("task_id", "seq"):
+                lines[(row.task_id, after, size)].append(row)  # type: ignore[attr-defined]
+        return [lines[key] for key in keys]
+
+    async def _viewer_roles(self, project_ids: list[int]) -> list[models.Role | None]:
+        roles = (authorization.project_role(self.viewer, project_id) for project_id in project_ids)
+        return list(await asyncio.gather(*roles))  # the viewer's memberships load in one batch
+
+    async def _roles(self, ids: list[int]) -> list[models.Role | None]:
+        """The role catalogue is readable by every signed-in user (CONTRACT §7) and read once per viewer."""
+        roles = await self.viewer.roles()
+        return [roles.get(role_id) for role_id in ids]
 
     @staticmethod
     async def _system_roles(user_ids: list[int]) -> list[list[models.Role]]:
@@ -55,12 +126,3 @@ class Loaders:
         )
         grouped = _grouped(user_ids, links, lambda link: link.user_id)
         return [[link.role for link in group] for group in grouped]
-
-    @staticmethod
-    async def _members(project_ids: list[int]) -> list[list[models.ProjectMember]]:
-        rows = await models.ProjectMember.filter(project_id__in=project_ids).order_by("added_at", "id")
-        return _grouped(project_ids, rows, lambda m: m.project_id)
-
-    @staticmethod
-    async def _projects(ids: list[int]) -> list[models.Project | None]:
-        return _by_key(ids, await models.Project.filter(id__in=ids), lambda p: p.id)

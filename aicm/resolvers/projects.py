@@ -18,6 +18,7 @@ from aicm.resolvers import validation
 from aicm.resolvers.pagination import Page, paginate
 from aicm.resolvers.unit_of_work import UnitOfWork, unit_of_work
 from aicm.subscriptions import channels, events
+from aicm.subscriptions.events import ProjectEventType
 
 SLUG_ATTEMPTS = 5
 
@@ -42,7 +43,7 @@ async def _free_slug(base: str) -> str:
 async def list_projects(
     viewer: Viewer, *, first: int | None, after: str | None, search: str | None, include_archived: bool
 ) -> Page:
-    authorization.require_signed_in(viewer)
+    viewer.require_user()
     queryset = await authorization.visible_projects(viewer)
     if not include_archived:
         queryset = queryset.filter(status=models.ProjectStatus.ACTIVE)
@@ -64,7 +65,7 @@ async def _ensure_name_free(owner_id: int, name: str, except_id: int = 0) -> Non
 async def create_project(
     viewer: Viewer, *, name: str, description: str, repository_url: str, slug: str | None = None
 ) -> models.Project:
-    user = authorization.require_signed_in(viewer)
+    user = viewer.require_user()
     authorization.require_system(viewer, Permission.PROJECT_CREATE)
     name = validation.text(name, "name", min_len=1, max_len=100)
     description = validation.text(description, "description", max_len=2000)
@@ -116,7 +117,8 @@ async def update_project(
             await project.update_from_dict(changes).save(using_db=uow.connection)
             await uow.audit("project.update", project, fields=sorted(changes))
             uow.emit(
-                channels.project(project.id), events.project_event(events.PROJECT_UPDATED, project, viewer)
+                channels.project(project.id),
+                events.project_event(ProjectEventType.PROJECT_UPDATED, project, viewer),
             )
     return project
 
@@ -130,7 +132,8 @@ async def archive_project(viewer: Viewer, project_id: int) -> models.Project:
             await project.save(using_db=uow.connection, update_fields=["status", "updated_at"])
             await uow.audit("project.archive", project)
             uow.emit(
-                channels.project(project.id), events.project_event(events.PROJECT_ARCHIVED, project, viewer)
+                channels.project(project.id),
+                events.project_event(ProjectEventType.PROJECT_ARCHIVED, project, viewer),
             )
     return project
 
@@ -142,15 +145,14 @@ async def delete_project(viewer: Viewer, project_id: int) -> bool:
         await uow.audit("project.delete", project, name=project.name, slug=project.slug)
         await models.ProjectMember.filter(project_id=project.id).using_db(uow.connection).delete()
         await project.delete(using_db=uow.connection)
-        uow.emit(channels.project(project_id), events.project_event(events.PROJECT_DELETED, project, viewer))
+        uow.emit(
+            channels.project(project_id),
+            events.project_event(ProjectEventType.PROJECT_DELETED, project, viewer),
+        )
     return True
 
 
 # --- members ---------------------------------------------------------------------------------------------
-
-
-def _is_owner_level(role: models.Role) -> bool:
-    return Permission.MEMBER_MANAGE_OWNERS in (role.permissions or [])
 
 
 async def _project_role(role_id: int) -> models.Role:
@@ -160,22 +162,6 @@ async def _project_role(role_id: int) -> models.Role:
     if role.scope != models.RoleScope.PROJECT:
         raise BadUserInput("Members need a role of PROJECT scope", field="roleId")
     return role
-
-
-async def _may_manage(viewer: Viewer, project: models.Project, *roles: models.Role) -> None:
-    """Managing members needs ``member:manage``; touching owner-level roles needs ``member:manage_owners``.
-
-    Without ``member:manage_owners`` nobody grants a role carrying permissions they do not hold themselves.
-    """
-    await authorization.require(viewer, Permission.MEMBER_MANAGE, project)
-    if await authorization.can(viewer, Permission.MEMBER_MANAGE_OWNERS, project):
-        return
-    for role in roles:
-        if _is_owner_level(role):
-            raise authorization.deny(viewer, Permission.MEMBER_MANAGE_OWNERS, f"Project:{project.id}")
-        for permission in role.permissions or []:
-            if not await authorization.can(viewer, permission, project):
-                raise authorization.deny(viewer, permission, f"Project:{project.id}")
 
 
 async def _member(project: models.Project, user_id: int) -> models.ProjectMember:
@@ -193,7 +179,7 @@ async def _other_owners(project: models.Project, user_id: int) -> int:
         .exclude(user_id=user_id)
         .prefetch_related("role")
     )
-    return sum(1 for m in members if _is_owner_level(m.role))
+    return sum(1 for m in members if authorization.is_owner_level(m.role))
 
 
 async def _keep_owner_pointer(uow: UnitOfWork, project: models.Project, leaving_user_id: int) -> None:
@@ -206,7 +192,7 @@ async def _keep_owner_pointer(uow: UnitOfWork, project: models.Project, leaving_
         .order_by("added_at")
         .prefetch_related("role")
     )
-    successor = next(m for m in members if _is_owner_level(m.role))
+    successor = next(m for m in members if authorization.is_owner_level(m.role))
     project.owner_id = successor.user_id
     await project.save(using_db=uow.connection, update_fields=["owner_id", "updated_at"])
 
@@ -216,7 +202,7 @@ async def add_project_member(
 ) -> models.ProjectMember:
     project = await get_project(viewer, project_id)
     role = await _project_role(role_id)
-    await _may_manage(viewer, project, role)
+    await authorization.require_member_manage(viewer, project, role)
     user = await models.User.get_or_none(id=user_id, is_active=True)
     if user is None:
         raise NotFound("User not found")
@@ -228,8 +214,10 @@ async def add_project_member(
         )
         await uow.audit("project.add_member", project, user_id=user.id, role=role.name)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_ADDED, project, member, viewer)
+            channels.project(project.id),
+            events.member_event(ProjectEventType.MEMBER_ADDED, project, member, viewer),
         )
+    viewer.forget()
     return member
 
 
@@ -239,12 +227,12 @@ async def update_project_member(
     project = await get_project(viewer, project_id)
     member = await _member(project, user_id)
     role = await _project_role(role_id)
-    await _may_manage(viewer, project, member.role, role)
+    await authorization.require_member_manage(viewer, project, member.role, role)
     if member.role_id == role.id:
         return member
     if (
-        _is_owner_level(member.role)
-        and not _is_owner_level(role)
+        authorization.is_owner_level(member.role)
+        and not authorization.is_owner_level(role)
         and not await _other_owners(project, user_id)
     ):
         raise Conflict("A project always keeps an owner: make someone else owner first", field="roleId")
@@ -252,12 +240,14 @@ async def update_project_member(
         previous = member.role.name
         member.role = role
         await member.save(using_db=uow.connection, update_fields=["role_id"])
-        if not _is_owner_level(role):
+        if not authorization.is_owner_level(role):
             await _keep_owner_pointer(uow, project, user_id)
         await uow.audit("project.update_member", project, user_id=user_id, role=role.name, previous=previous)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_UPDATED, project, member, viewer)
+            channels.project(project.id),
+            events.member_event(ProjectEventType.MEMBER_UPDATED, project, member, viewer),
         )
+    viewer.forget()  # the viewer's own role may be the one that changed
     return member
 
 
@@ -265,14 +255,16 @@ async def remove_project_member(viewer: Viewer, project_id: int, user_id: int) -
     project = await get_project(viewer, project_id)
     member = await _member(project, user_id)
     if viewer.user_id != user_id:  # leaving a project needs no permission; removing someone else does
-        await _may_manage(viewer, project, member.role)
-    if _is_owner_level(member.role) and not await _other_owners(project, user_id):
+        await authorization.require_member_manage(viewer, project, member.role)
+    if authorization.is_owner_level(member.role) and not await _other_owners(project, user_id):
         raise Conflict("A project always keeps an owner: make someone else owner first", field="userId")
     async with unit_of_work(viewer) as uow:
         await member.delete(using_db=uow.connection)
         await _keep_owner_pointer(uow, project, user_id)
         await uow.audit("project.remove_member", project, user_id=user_id, role=member.role.name)
         uow.emit(
-            channels.project(project.id), events.member_event(events.MEMBER_REMOVED, project, member, viewer)
+            channels.project(project.id),
+            events.member_event(ProjectEventType.MEMBER_REMOVED, project, member, viewer),
         )
+    viewer.forget()
     return True

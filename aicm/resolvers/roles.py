@@ -8,17 +8,18 @@ from aicm.auth.permissions import ALL_PERMISSIONS, PROJECT_PERMISSIONS, Permissi
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict, Forbidden, NotFound
 from aicm.resolvers import validation
-from aicm.resolvers.unit_of_work import unit_of_work
+from aicm.resolvers.unit_of_work import UnitOfWork, unit_of_work
+from aicm.subscriptions import channels
 
 
 async def list_roles(viewer: Viewer, *, scope: models.RoleScope | None) -> list[models.Role]:
-    authorization.require_signed_in(viewer)
+    viewer.require_user()
     queryset = models.Role.all() if scope is None else models.Role.filter(scope=scope)
     return await queryset.order_by("id")
 
 
 def list_permissions(viewer: Viewer) -> list[str]:
-    authorization.require_signed_in(viewer)
+    viewer.require_user()
     return list(ALL_PERMISSIONS)
 
 
@@ -34,6 +35,12 @@ def _permissions(values: list[str], scope: models.RoleScope) -> list[str]:
 async def _ensure_name_free(name: str, except_id: int = 0) -> None:
     if await models.Role.filter(name=name).exclude(id=except_id).exists():
         raise Conflict("A role with this name already exists", field="name")
+
+
+def _permissions_changed(uow: UnitOfWork, viewer: Viewer, role: models.Role) -> None:
+    """Every live subscription whose access rests on this role checks it again (on every instance)."""
+    uow.emit(channels.roles(), {"type": "ROLE_PERMISSIONS_CHANGED", "role_id": role.id})
+    viewer.forget()  # the caller may hold the role too: this request's later reads must see the change
 
 
 async def _mutable_role(viewer: Viewer, role_id: int) -> models.Role:
@@ -78,6 +85,8 @@ async def update_role(
         async with unit_of_work(viewer) as uow:
             await role.update_from_dict(changes).save(using_db=uow.connection)
             await uow.audit("role.update", role, **{k: v for k, v in changes.items()})
+            if "permissions" in changes:
+                _permissions_changed(uow, viewer, role)
     return role
 
 
@@ -87,5 +96,6 @@ async def delete_role(viewer: Viewer, role_id: int) -> bool:
         raise Conflict("The role is still held by project members", field="id")
     async with unit_of_work(viewer) as uow:
         await uow.audit("role.delete", role, name=role.name)
+        _permissions_changed(uow, viewer, role)  # a system role's holders lose its permissions
         await role.delete(using_db=uow.connection)
     return True

@@ -2,7 +2,9 @@
 
 Each stream is authorized when it starts, through the same authorization service as queries, and checked
 again whenever something that could take access away happens (a membership change, the project's deletion,
-the user's deactivation, the session's end). Losing access ends the stream with FORBIDDEN.
+a change to a role the viewer holds, the user's deactivation or role changes, the session's end). Losing
+access ends the stream with FORBIDDEN. What a stream yields is resolved by the schema through ``Loaders`` of
+the stream's (re-checked) viewer.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from aicm import models
 from aicm.auth import authorization
 from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer, load_viewer
-from aicm.errors import AppError, Forbidden, RateLimited
+from aicm.errors import AppError, BadUserInput, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
+from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.logs import lines_after
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker
@@ -25,36 +28,63 @@ from aicm.subscriptions.subscription import Event, FellBehind, Missed, Subscript
 REPLAY_PAGE = 1000
 
 
-def _watch(viewer: Viewer, project_id: int, *extra: str) -> list[str]:
-    """The channels a stream listens to: its own, plus those that may change the viewer's access."""
-    assert viewer.user_id is not None and viewer.session_id is not None
-    return [
-        *extra,
-        channels.project(project_id),
-        channels.user(viewer.user_id),
-        channels.session(viewer.session_id),
-    ]
+class Access:
+    """A stream's right to go on: a viewer holding ``permission`` on one project, re-checked on demand."""
 
+    def __init__(self, auth: AuthServices, viewer: Viewer, project_id: int, permission: str) -> None:
+        assert viewer.user_id is not None and viewer.session_id is not None
+        self.auth, self.viewer, self.project_id, self.permission = auth, viewer, project_id, permission
+        self.roles: frozenset[int] = frozenset()  # the roles deciding that access; see ``settle``
 
-async def recheck(auth: AuthServices, viewer: Viewer, project_id: int, permission: str) -> Viewer:
-    """A fresh viewer that still holds ``permission`` on the project, else FORBIDDEN."""
-    assert viewer.user_id is not None and viewer.session_id is not None
-    try:
-        await session_check(auth, viewer.session_id)
-        fresh = await load_viewer(viewer.user_id, viewer.session_id, viewer.ip, viewer.user_agent)
-    except AppError as exc:
-        raise Forbidden("Access was lost: the session or account has ended", reason="ACCESS_LOST") from exc
-    project = await models.Project.get_or_none(id=project_id)
-    if project is None or not await authorization.can(fresh, permission, project):
-        raise Forbidden("Access to this project was lost", reason="ACCESS_LOST")
-    fresh.forget()  # see _authorized
-    return fresh
+    def channels(self, *extra: str) -> list[str]:
+        """The channels a stream listens to: its own, plus those that may change the viewer's access."""
+        assert self.viewer.user_id is not None and self.viewer.session_id is not None
+        return [
+            *extra,
+            channels.project(self.project_id),
+            channels.user(self.viewer.user_id),
+            channels.session(self.viewer.session_id),
+            channels.roles(),
+        ]
 
+    async def settle(self) -> None:
+        """Remember which roles decide the access, then drop the viewer's per-request lookups: a stream lives
+        as long as its connection (the role catalogue alone is ~10 KiB per subscription; docs/performance.md).
+        """
+        self.roles = await authorization.access_roles(self.viewer, self.project_id)
+        self.viewer.forget()
 
-def _authorized(viewer: Viewer) -> None:
-    """A stream lives as long as its connection: it keeps none of the viewer's per-request lookups once
-    authorized (the role catalogue alone is ~10 KiB per subscription; make bench, docs/performance.md)."""
-    viewer.forget()
+    def may_change(self, item: Event | Missed) -> bool:
+        """Whether ``item`` may have taken the access away (missed events may have)."""
+        if isinstance(item, Missed):
+            return True
+        if item.channel == channels.project(self.project_id):
+            return item.payload.get("type") in events.ACCESS_CHANGING
+        if item.channel == channels.roles():
+            return item.payload.get("role_id") in self.roles
+        assert self.viewer.user_id is not None and self.viewer.session_id is not None
+        return item.channel in (channels.user(self.viewer.user_id), channels.session(self.viewer.session_id))
+
+    async def recheck(self) -> None:
+        """Reload the viewer (in place, so the loaders resolving events see it) and check again, else
+        FORBIDDEN."""
+        viewer = self.viewer
+        assert viewer.user_id is not None and viewer.session_id is not None
+        try:
+            await session_check(self.auth, viewer.session_id)
+            fresh = await load_viewer(viewer.user_id, viewer.session_id, viewer.ip, viewer.user_agent)
+        except AppError as exc:
+            lost = "Access was lost: the session or account has ended"
+            raise Forbidden(lost, reason="ACCESS_LOST") from exc
+        viewer.refresh(fresh)
+        project = await models.Project.get_or_none(id=self.project_id)
+        if project is None or not await authorization.can(viewer, self.permission, project):
+            raise Forbidden("Access to this project was lost", reason="ACCESS_LOST")
+        await self.settle()
+
+    async def after(self, item: Event | Missed) -> None:
+        if self.may_change(item):
+            await self.recheck()
 
 
 async def _items(subscription: Subscription) -> AsyncIterator[Event | Missed]:
@@ -71,44 +101,46 @@ async def project_events(
     viewer: Viewer, broker: Broker, auth: AuthServices, project_id: int
 ) -> AsyncIterator[dict[str, Any]]:
     await authorization.get_visible_project(viewer, project_id)
-    _authorized(viewer)
-    async with broker.subscribe(_watch(viewer, project_id)) as subscription:
+    access = Access(auth, viewer, project_id, Permission.PROJECT_READ)
+    await access.settle()
+    async with broker.subscribe(access.channels()) as subscription:
         async for item in _items(subscription):
             if isinstance(item, Event) and item.channel == channels.project(project_id):
-                yield item.payload
-                if item.payload.get("type") not in events.ACCESS_CHANGING:
-                    continue
-            viewer = await recheck(auth, viewer, project_id, Permission.PROJECT_READ)
+                yield item.payload  # first: a MEMBER_REMOVED event reaches the member it removes
+            await access.after(item)
 
 
 async def task_updates(
     viewer: Viewer, broker: Broker, auth: AuthServices, task_id: int
-) -> AsyncIterator[models.Task]:
-    """The task now, then again at every status change; ends after it has finished."""
+) -> AsyncIterator[int]:
+    """The task's id now, then again at every status change; ends after it has finished."""
     task = await authorization.get_visible_task(viewer, task_id)
-    _authorized(viewer)
-    project_id = task.project_id  # type: ignore[attr-defined]
-    async with broker.subscribe(_watch(viewer, project_id, channels.task(task_id))) as subscription:
+    access = Access(auth, viewer, task.project_id, Permission.TASK_READ)  # type: ignore[attr-defined]
+    await access.settle()
+    async with broker.subscribe(access.channels(channels.task(task_id))) as subscription:
         task = await models.Task.get(id=task_id)
-        yield task
+        yield task_id
         if task.status in models.FINISHED:
             return
         async for item in _items(subscription):
-            if isinstance(item, Event) and item.channel == channels.project(project_id):
-                if item.payload.get("type") not in events.ACCESS_CHANGING:
-                    continue
-            elif isinstance(item, Missed) or item.channel == channels.task(task_id):
+            if isinstance(item, Missed) or item.channel == channels.task(task_id):
                 current = await models.Task.get_or_none(id=task_id)
                 if current is None:
                     raise Forbidden("The task was deleted", reason="ACCESS_LOST")
                 if current.status != task.status:
                     task = current
-                    yield task
+                    yield task_id
                 if task.status in models.FINISHED:
                     return
-                if isinstance(item, Event):
-                    continue
-            viewer = await recheck(auth, viewer, project_id, Permission.TASK_READ)
+            await access.after(item)
+
+
+async def task_now(loaders: Loaders, task_id: int) -> models.Task:
+    """A task a stream reports, as the stream's viewer may see it now."""
+    task = await loaders.task_by_id.load(task_id)
+    if task is None:
+        raise Forbidden("Access to this task was lost", reason="ACCESS_LOST")
+    return task
 
 
 async def _stored(task_id: int, after_seq: int) -> AsyncIterator[dict[str, Any]]:
@@ -129,9 +161,11 @@ async def task_logs(
     Subscribing comes first and reading storage second, so a line stored meanwhile is seen at least once;
     every line whose seq is not past the last one delivered is dropped. Ends after the task's last line.
     """
+    if after_seq < 0:
+        raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
     task = await authorization.get_visible_task(viewer, task_id)
-    _authorized(viewer)
-    project_id = task.project_id  # type: ignore[attr-defined]
+    access = Access(auth, viewer, task.project_id, Permission.TASK_READ)  # type: ignore[attr-defined]
+    await access.settle()
     last = after_seq
 
     async def catch_up() -> AsyncIterator[dict[str, Any]]:
@@ -144,7 +178,7 @@ async def task_logs(
         current = await models.Task.get(id=task_id)
         return current.status in models.FINISHED and current.last_seq <= last
 
-    async with broker.subscribe(_watch(viewer, project_id, channels.task_logs(task_id))) as subscription:
+    async with broker.subscribe(access.channels(channels.task_logs(task_id))) as subscription:
         async for line in catch_up():
             yield line
         if await finished():
@@ -166,14 +200,10 @@ async def task_logs(
                     return
                 continue
             if isinstance(item, Missed):
+                await access.recheck()
                 async for line in catch_up():
                     yield line
                 if await finished():
                     return
                 continue
-            if (
-                item.channel == channels.project(project_id)
-                and item.payload.get("type") not in events.ACCESS_CHANGING
-            ):
-                continue
-            viewer = await recheck(auth, viewer, project_id, Permission.TASK_READ)
+            await access.after(item)

@@ -11,10 +11,12 @@ from aicm.auth import authorization
 from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict
-from aicm.resolvers import logs, validation
+from aicm.resolvers import validation
+from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.pagination import Page, page_size, paginate
 from aicm.resolvers.unit_of_work import unit_of_work
 from aicm.subscriptions import channels, events
+from aicm.subscriptions.events import ProjectEventType
 
 if TYPE_CHECKING:
     from aicm.runner.dispatch import TaskDispatcher
@@ -34,7 +36,7 @@ async def list_tasks(
     first: int | None,
     after: str | None,
 ) -> Page:
-    authorization.require_signed_in(viewer)
+    viewer.require_user()
     if project_id is not None:
         project = await authorization.get_visible_project(viewer, project_id)
         await authorization.require(viewer, Permission.TASK_READ, project)
@@ -53,7 +55,7 @@ async def _start(
     prompt: str,
     parent: models.Task | None,
 ) -> models.Task:
-    user = authorization.require_signed_in(viewer)
+    user = viewer.require_user()
     await authorization.require(viewer, Permission.TASK_CREATE, project)
     prompt = validation.text(prompt, "prompt", min_len=1, max_len=MAX_PROMPT, strip=False)
     if not prompt.strip():
@@ -71,7 +73,9 @@ async def _start(
         await uow.audit(
             "task.create", task, project_id=project.id, follow_up_of=parent.id if parent else None
         )
-        uow.emit(channels.project(project.id), events.task_event(events.TASK_CREATED, task, user.id))
+        uow.emit(
+            channels.project(project.id), events.task_event(ProjectEventType.TASK_CREATED, task, user.id)
+        )
     await dispatcher.submit(task.id)
     return task
 
@@ -111,9 +115,10 @@ async def cancel_task(viewer: Viewer, dispatcher: TaskDispatcher, task_id: int) 
     return await models.Task.get(id=task.id).prefetch_related("project")
 
 
-async def task_logs(task: models.Task, *, after_seq: int, first: int | None) -> list[models.TaskLog]:
-    """Stored lines with ``seq > after_seq``, oldest first (the caller has checked the task is visible)."""
+async def task_logs(
+    loaders: Loaders, task_id: int, *, after_seq: int, first: int | None
+) -> list[models.TaskLog]:
+    """Stored lines with ``seq > after_seq``, oldest first; none for a task the viewer may not read."""
     if after_seq < 0:
         raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
-    size = page_size(first)
-    return await logs.lines_after(task.id, after_seq, size)
+    return await loaders.logs_by_task.load((task_id, after_seq, page_size(first)))

@@ -8,7 +8,7 @@ from tortoise.functions import Count
 from aicm import models
 from aicm.auth import authorization
 from aicm.auth.passwords import check_policy, hash_password
-from aicm.auth.permissions import ADMIN, MEMBER, Permission
+from aicm.auth.permissions import MEMBER, Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict, Forbidden, NotFound
 from aicm.resolvers import validation
@@ -18,15 +18,7 @@ from aicm.subscriptions import channels
 
 
 async def get_user(viewer: Viewer, user_id: int) -> models.User:
-    authorization.require_signed_in(viewer)
-    user = (
-        await models.User.get_or_none(id=user_id)
-        if await authorization.can_see_user(viewer, user_id)
-        else None
-    )
-    if user is None:
-        raise NotFound("User not found")
-    return user
+    return await authorization.get_visible_user(viewer, user_id)
 
 
 async def list_users(viewer: Viewer, *, first: int | None, after: str | None, search: str | None) -> Page:
@@ -98,7 +90,7 @@ async def _update(viewer: Viewer, user: models.User, *, name: str | None, email:
 
 
 async def update_me(viewer: Viewer, *, name: str | None) -> models.User:
-    user = authorization.require_signed_in(viewer)
+    user = viewer.require_user()
     return await _update(viewer, user, name=name, email=None)
 
 
@@ -109,7 +101,7 @@ async def update_user(viewer: Viewer, user_id: int, *, name: str | None, email: 
 
 async def sole_owned_projects(user_id: int) -> list[models.Project]:
     """Projects in which this user is the only member holding an owner-level role."""
-    owner_roles = await _owner_role_ids()
+    owner_roles = await authorization.owner_role_ids()
     owned = models.ProjectMember.filter(user_id=user_id, role_id__in=owner_roles).values("project_id")
     counts = (
         await models.ProjectMember.filter(project_id__in=Subquery(owned), role_id__in=owner_roles)
@@ -120,13 +112,8 @@ async def sole_owned_projects(user_id: int) -> list[models.Project]:
     return await models.Project.filter(id__in=[row["project_id"] for row in counts if row["owners"] == 1])
 
 
-async def _owner_role_ids() -> list[int]:
-    roles = await models.Role.filter(scope=models.RoleScope.PROJECT)
-    return [r.id for r in roles if Permission.MEMBER_MANAGE_OWNERS in (r.permissions or [])]
-
-
 async def _is_last_admin(user: models.User) -> bool:
-    admins = models.UserRole.filter(role__name=ADMIN, role__built_in=True, user__is_active=True)
+    admins = authorization.active_admins()
     return await admins.filter(user_id=user.id).exists() and await admins.count() == 1
 
 
@@ -166,7 +153,7 @@ async def revoke_role(viewer: Viewer, user_id: int, role_id: int) -> bool:
     role = await models.Role.get_or_none(id=role_id)
     if role is None:
         raise NotFound("Role not found")
-    if role.name == ADMIN and role.built_in and await _is_last_admin(user):
+    if authorization.is_admin_role(role) and await _is_last_admin(user):
         raise Conflict("The last active administrator keeps the admin role", field="roleId")
     async with unit_of_work(viewer) as uow:
         deleted = await models.UserRole.filter(user=user, role=role).using_db(uow.connection).delete()

@@ -56,7 +56,7 @@ def _now() -> datetime:
 
 async def announce(task: models.Task, actor_id: int | None = None) -> None:
     """A status change, on the task's channel and its project's."""
-    payload = events.task_event(events.TASK_UPDATED, task, actor_id)
+    payload = events.task_event(events.ProjectEventType.TASK_UPDATED, task, actor_id)
     await publish(channels.task(task.id), payload)
     await publish(channels.project(task.project_id), payload)  # type: ignore[attr-defined]
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import strawberry
 from strawberry.scalars import JSON
 
-from aicm import models
-from aicm.auth.permissions import Permission
 from aicm.resolvers import audit as audit_resolvers
 from aicm.schema.context import Info
-from aicm.schema.permissions import has_permission
+from aicm.schema.mapping import from_row
+from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, encode_id
-from aicm.schema.users import User
+from aicm.schema.users import User, user_or_none
+
+if TYPE_CHECKING:
+    from aicm import models
 
 
 @strawberry.type
@@ -29,28 +32,24 @@ class AuditLogEntry:
 
     @classmethod
     def from_model(cls, row: models.AuditLog) -> AuditLogEntry:
-        return cls(
+        return from_row(
+            cls,
+            row,
             id=encode_id("AuditLogEntry", row.id),
-            action=row.action,
-            target_type=row.target_type,
             target_id=encode_id(row.target_type, row.target_id),
-            details=row.details,
-            ip=row.ip,
-            at=row.at,
             actor_pk=row.actor_id,  # type: ignore[attr-defined]
         )
 
-    @strawberry.field(description="Who did it; null for operator commands and deleted users.")
+    @strawberry.field(
+        description="Who did it; null for operator commands, deleted users and users you may not see."
+    )
     async def actor(self, info: Info) -> User | None:
-        if self.actor_pk is None:
-            return None
-        user = await info.context.loaders.user_by_id.load(self.actor_pk)
-        return User.from_model(user) if user else None
+        return await user_or_none(info, self.actor_pk)
 
 
 @strawberry.type
 class AuditQueries:
-    @strawberry.field(permission_classes=[has_permission(Permission.AUDIT_READ)])
+    @strawberry.field(permission_classes=[IsAuthenticated])
     async def audit_log(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> Connection[AuditLogEntry]:

@@ -25,9 +25,21 @@ class Context:
     response: Response | WebSocket | None
     runtime: Runtime
     viewer: Viewer
-    loaders: Loaders = field(default_factory=Loaders)
     connection_params: dict[str, Any] | None = None  # the WebSocket connection_init payload
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    _loaders: Loaders | None = field(default=None, init=False, repr=False)
+
+    @property
+    def loaders(self) -> Loaders:
+        """The DataLoaders of the current viewer, built on first use and again whenever the viewer changes
+        (a WebSocket's ``connection_init`` sets it after the context exists)."""
+        if self._loaders is None or self._loaders.viewer is not self.viewer:
+            self._loaders = Loaders(self.viewer)
+        return self._loaders
+
+    def renew_loaders(self) -> None:
+        """Forget everything loaded so far: a subscription resolves each event against fresh data."""
+        self._loaders = None
 
     def close_timers(self) -> None:
         for timer in self.timers:

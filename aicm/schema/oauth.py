@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import strawberry
 
-from aicm import models
 from aicm.auth.oauth import flow_store, login_url
 from aicm.resolvers import oauth as resolvers
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
+
+if TYPE_CHECKING:
+    from aicm import models
 
 
 @strawberry.type(description="An identity at an OAuth2/OpenID Connect provider that signs you in.")

@@ -2,46 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from enum import Enum
+from typing import TYPE_CHECKING
 
 import strawberry
 
 from aicm import models
-from aicm.auth import authorization
+from aicm.errors import NotFound
 from aicm.resolvers import projects as projects_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.schema.context import Info
+from aicm.schema.mapping import from_row
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
 from aicm.schema.roles import Role
 from aicm.schema.tasks import Task, TaskStatus
 from aicm.schema.users import User
 
+if TYPE_CHECKING:
+    from aicm.auth.viewer import Viewer
 
-@strawberry.enum
-class ProjectStatus(Enum):
-    ACTIVE = "ACTIVE"
-    ARCHIVED = "ARCHIVED"
+ProjectStatus = strawberry.enum(models.ProjectStatus)
+
+
+async def _member_user(info: Info, project_id: int, user_id: int) -> User:
+    """A member's user: shown wherever the project's members are readable (see ``Loaders.member_user``)."""
+    user = await info.context.loaders.member_user.load((project_id, user_id))
+    if user is None:  # only reachable from a membership the viewer may not read
+        raise NotFound("User not found")
+    return User.from_model(user)
 
 
 @strawberry.type
 class ProjectMember:
     added_at: datetime
+    project_pk: strawberry.Private[int]
     user_pk: strawberry.Private[int]
     role_pk: strawberry.Private[int]
 
     @classmethod
     def from_model(cls, member: models.ProjectMember) -> ProjectMember:
-        return cls(added_at=member.added_at, user_pk=member.user_id, role_pk=member.role_id)  # type: ignore[attr-defined]
+        return cls(
+            added_at=member.added_at,
+            project_pk=member.project_id,  # type: ignore[attr-defined]
+            user_pk=member.user_id,  # type: ignore[attr-defined]
+            role_pk=member.role_id,  # type: ignore[attr-defined]
+        )
 
     @strawberry.field
     async def user(self, info: Info) -> User:
-        return User.from_model(await info.context.loaders.user_by_id.load(self.user_pk))
+        return await _member_user(info, self.project_pk, self.user_pk)
 
     @strawberry.field
     async def role(self, info: Info) -> Role:
-        return Role.from_model((await info.context.viewer.roles())[self.role_pk])
+        role = await info.context.loaders.role_by_id.load(self.role_pk)
+        if role is None:  # a member's role cannot be deleted (CONFLICT), so only a race gets here
+            raise NotFound("Role not found")
+        return Role.from_model(role)
 
 
 @strawberry.type
@@ -59,22 +77,18 @@ class Project:
 
     @classmethod
     def from_model(cls, project: models.Project) -> Project:
-        return cls(
+        return from_row(
+            cls,
+            project,
             id=encode_id("Project", project.id),
-            name=project.name,
-            slug=project.slug,
-            description=project.description,
-            repository_url=project.repository_url,
-            status=ProjectStatus(project.status),
-            created_at=project.created_at,
-            updated_at=project.updated_at,
+            status=models.ProjectStatus(project.status),
             pk=project.id,
             owner_pk=project.owner_id,  # type: ignore[attr-defined]
         )
 
-    @strawberry.field
+    @strawberry.field(description="One of the members holding an owner role.")
     async def owner(self, info: Info) -> User:
-        return User.from_model(await info.context.loaders.user_by_id.load(self.owner_pk))
+        return await _member_user(info, self.pk, self.owner_pk)
 
     @strawberry.field
     async def members(self, info: Info) -> list[ProjectMember]:
@@ -90,7 +104,7 @@ class Project:
         page = await tasks_resolvers.list_tasks(
             info.context.viewer,
             project_id=self.pk,
-            status=models.TaskStatus(status.value) if status else None,
+            status=status,
             first=first,
             after=after,
         )
@@ -98,7 +112,7 @@ class Project:
 
     @strawberry.field(description="The viewer's role in this project; null when not a member.")
     async def viewer_role(self, info: Info) -> Role | None:
-        role = await authorization.project_role(info.context.viewer, self.pk)
+        role = await info.context.loaders.viewer_role_by_project_id.load(self.pk)
         return Role.from_model(role) if role else None
 
 
@@ -123,6 +137,21 @@ def _project_id(value: strawberry.ID, field: str = "id") -> int:
 
 def _membership_ids(project_id: strawberry.ID, user_id: strawberry.ID) -> tuple[int, int]:
     return _project_id(project_id, "projectId"), decode_id(user_id, "User", field="userId")
+
+
+MemberChange = Callable[["Viewer", int, int, int], Awaitable[models.ProjectMember]]
+
+
+async def _change_member(
+    info: Info,
+    change: MemberChange,
+    project_id: strawberry.ID,
+    user_id: strawberry.ID,
+    role_id: strawberry.ID,
+) -> ProjectMember:
+    role = decode_id(role_id, "Role", field="roleId")
+    member = await change(info.context.viewer, *_membership_ids(project_id, user_id), role)
+    return ProjectMember.from_model(member)
 
 
 @strawberry.type
@@ -184,19 +213,15 @@ class ProjectMutations:
     async def add_project_member(
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role_id: strawberry.ID
     ) -> ProjectMember:
-        ids = _membership_ids(project_id, user_id)
-        role = decode_id(role_id, "Role", field="roleId")
-        member = await projects_resolvers.add_project_member(info.context.viewer, *ids, role)
-        return ProjectMember.from_model(member)
+        change = projects_resolvers.add_project_member
+        return await _change_member(info, change, project_id, user_id, role_id)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def update_project_member(
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role_id: strawberry.ID
     ) -> ProjectMember:
-        ids = _membership_ids(project_id, user_id)
-        role = decode_id(role_id, "Role", field="roleId")
-        member = await projects_resolvers.update_project_member(info.context.viewer, *ids, role)
-        return ProjectMember.from_model(member)
+        change = projects_resolvers.update_project_member
+        return await _change_member(info, change, project_id, user_id, role_id)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def remove_project_member(

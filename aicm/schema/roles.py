@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 import strawberry
 
 from aicm import models
-from aicm.auth.permissions import Permission
 from aicm.resolvers import roles as roles_resolvers
 from aicm.schema.context import Info
-from aicm.schema.permissions import IsAuthenticated, has_permission
+from aicm.schema.mapping import from_row
+from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import decode_id, encode_id
 
-
-@strawberry.enum
-class RoleScope(Enum):
-    SYSTEM = "SYSTEM"
-    PROJECT = "PROJECT"
+RoleScope = strawberry.enum(models.RoleScope)
 
 
 @strawberry.type
@@ -31,13 +25,12 @@ class Role:
 
     @classmethod
     def from_model(cls, role: models.Role) -> Role:
-        return cls(
+        return from_row(
+            cls,
+            role,
             id=encode_id("Role", role.id),
-            name=role.name,
-            description=role.description,
-            scope=RoleScope(role.scope),
+            scope=models.RoleScope(role.scope),
             permissions=sorted(role.permissions or []),
-            built_in=role.built_in,
         )
 
 
@@ -60,9 +53,7 @@ class UpdateRoleInput:
 class RoleQueries:
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def roles(self, info: Info, scope: RoleScope | None = None) -> list[Role]:
-        rows = await roles_resolvers.list_roles(
-            info.context.viewer, scope=models.RoleScope(scope.value) if scope else None
-        )
+        rows = await roles_resolvers.list_roles(info.context.viewer, scope=scope)
         return [Role.from_model(r) for r in rows]
 
     @strawberry.field(permission_classes=[IsAuthenticated], description="Every permission string.")
@@ -72,18 +63,18 @@ class RoleQueries:
 
 @strawberry.type
 class RoleMutations:
-    @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def create_role(self, info: Info, input: CreateRoleInput) -> Role:
         role = await roles_resolvers.create_role(
             info.context.viewer,
             name=input.name,
             description=input.description,
-            scope=models.RoleScope(input.scope.value),
+            scope=input.scope,
             permissions=input.permissions,
         )
         return Role.from_model(role)
 
-    @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def update_role(self, info: Info, id: strawberry.ID, input: UpdateRoleInput) -> Role:
         role = await roles_resolvers.update_role(
             info.context.viewer,
@@ -94,6 +85,6 @@ class RoleMutations:
         )
         return Role.from_model(role)
 
-    @strawberry.mutation(permission_classes=[has_permission(Permission.ROLE_MANAGE)])
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def delete_role(self, info: Info, id: strawberry.ID) -> bool:
         return await roles_resolvers.delete_role(info.context.viewer, decode_id(id, "Role"))

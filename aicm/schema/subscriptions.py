@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 import strawberry
 
-from aicm import models
-from aicm.errors import BadUserInput
 from aicm.metrics import GRAPHQL_SUBSCRIPTIONS
 from aicm.resolvers import subscriptions as subscriptions_resolvers
-from aicm.resolvers.loaders import Loaders
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.projects import Project, ProjectMember
 from aicm.schema.relay import decode_id, encode_id
 from aicm.schema.tasks import Task, TaskLogLine
-from aicm.schema.users import User
+from aicm.schema.users import User, user_or_none
+from aicm.subscriptions import events
 
-
-@strawberry.enum
-class ProjectEventType(Enum):
-    PROJECT_UPDATED = "PROJECT_UPDATED"
-    PROJECT_ARCHIVED = "PROJECT_ARCHIVED"
-    PROJECT_DELETED = "PROJECT_DELETED"
-    MEMBER_ADDED = "MEMBER_ADDED"
-    MEMBER_UPDATED = "MEMBER_UPDATED"
-    MEMBER_REMOVED = "MEMBER_REMOVED"
-    TASK_CREATED = "TASK_CREATED"
-    TASK_UPDATED = "TASK_UPDATED"
+ProjectEventType = strawberry.enum(events.ProjectEventType)
 
 
 @strawberry.type
@@ -50,21 +37,21 @@ class ProjectEvent:
             payload=payload,
         )
 
-    @strawberry.field(description="Who caused it; null for changes the server made itself.")
+    @strawberry.field(
+        description="Who caused it; null for changes the server made itself and for users you may not see."
+    )
     async def actor(self, info: Info) -> User | None:
-        actor_id = self.payload.get("actor_id")
-        user = await info.context.loaders.user_by_id.load(actor_id) if actor_id else None
-        return User.from_model(user) if user else None
+        return await user_or_none(info, self.payload.get("actor_id"))
 
-    @strawberry.field(description="The project as it is now; null once it is deleted.")
+    @strawberry.field(description="The project as it is now; null once it is deleted or you may not read it.")
     async def project(self, info: Info) -> Project | None:
         project = await info.context.loaders.project_by_id.load(self.payload["project_id"])
         return Project.from_model(project) if project else None
 
-    @strawberry.field(description="The task, for TASK_CREATED and TASK_UPDATED.")
+    @strawberry.field(description="The task, for TASK_* events; null when you may not read its tasks.")
     async def task(self, info: Info) -> Task | None:
         task_id = self.payload.get("task_id")
-        task = await models.Task.get_or_none(id=task_id) if task_id else None
+        task = await info.context.loaders.task_by_id.load(task_id) if task_id else None
         return Task.from_model(task) if task else None
 
     @strawberry.field(description="The membership, for MEMBER_* events (as it was, for a removal).")
@@ -74,6 +61,7 @@ class ProjectEvent:
             return None
         return ProjectMember(
             added_at=datetime.fromisoformat(member["added_at"]),
+            project_pk=self.payload["project_id"],
             user_pk=member["user_id"],
             role_pk=member["role_id"],
         )
@@ -96,29 +84,17 @@ class Subscription:
     async def project_events(
         self, info: Info, project_id: strawberry.ID
     ) -> AsyncGenerator[ProjectEvent, None]:
-        context = info.context
-        stream = subscriptions_resolvers.project_events(
-            context.viewer,
-            context.runtime.broker,
-            context.runtime.auth,
-            decode_id(project_id, "Project", field="projectId"),
-        )
-        async for payload in _counted(stream):
-            context.loaders = Loaders()  # each event is resolved against fresh data
+        context, project_pk = info.context, decode_id(project_id, "Project", field="projectId")
+        async for payload in _open(info, subscriptions_resolvers.project_events, project_pk):
+            context.renew_loaders()  # each event is resolved against fresh data, as the viewer sees it now
             yield ProjectEvent.from_payload(payload)
 
     @strawberry.subscription(permission_classes=[IsAuthenticated])
     async def task_updates(self, info: Info, task_id: strawberry.ID) -> AsyncGenerator[Task, None]:
-        context = info.context
-        stream = subscriptions_resolvers.task_updates(
-            context.viewer,
-            context.runtime.broker,
-            context.runtime.auth,
-            decode_id(task_id, "Task", field="taskId"),
-        )
-        async for task in _counted(stream):
-            context.loaders = Loaders()
-            yield Task.from_model(task)
+        context, task_pk = info.context, decode_id(task_id, "Task", field="taskId")
+        async for pk in _open(info, subscriptions_resolvers.task_updates, task_pk):
+            context.renew_loaders()
+            yield Task.from_model(await subscriptions_resolvers.task_now(context.loaders, pk))
 
     @strawberry.subscription(
         permission_classes=[IsAuthenticated],
@@ -127,22 +103,18 @@ class Subscription:
     async def task_logs(
         self, info: Info, task_id: strawberry.ID, after_seq: int = 0
     ) -> AsyncGenerator[TaskLogLine, None]:
-        context = info.context
-        if after_seq < 0:
-            raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
-        stream = subscriptions_resolvers.task_logs(
-            context.viewer,
-            context.runtime.broker,
-            context.runtime.auth,
-            decode_id(task_id, "Task", field="taskId"),
-            after_seq,
-        )
-        async for payload in _counted(stream):
+        task_pk = decode_id(task_id, "Task", field="taskId")
+        async for payload in _open(info, subscriptions_resolvers.task_logs, task_pk, after_seq):
             yield _line(payload)
 
 
-async def _counted(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
-    """``graphql_subscriptions_active`` while the stream is open; the stream is closed on every exit."""
+async def _open(
+    info: Info, streams: Callable[..., AsyncIterator[Any]], *args: Any
+) -> AsyncGenerator[Any, None]:
+    """The resolver's stream for this viewer, counted in ``graphql_subscriptions_active`` while it is open and
+    closed on every exit."""
+    runtime = info.context.runtime
+    stream = streams(info.context.viewer, runtime.broker, runtime.auth, *args)
     GRAPHQL_SUBSCRIPTIONS.inc()
     try:
         async for item in stream:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
@@ -12,22 +11,16 @@ from strawberry.scalars import JSON
 from aicm import models
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.schema.context import Info
+from aicm.schema.mapping import from_row
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
-from aicm.schema.users import User
+from aicm.schema.users import User, user_or_none
 
 if TYPE_CHECKING:
     from aicm.schema.projects import Project
 
 
-@strawberry.enum
-class TaskStatus(Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
+TaskStatus = strawberry.enum(models.TaskStatus)
 
 
 @strawberry.type
@@ -43,9 +36,7 @@ class TaskLogLine:
 
     @classmethod
     def from_model(cls, line: models.TaskLog) -> TaskLogLine:
-        return cls(
-            seq=line.seq, at=line.at, stream=line.stream, kind=line.kind, text=line.text, data=line.data
-        )
+        return from_row(cls, line)
 
 
 @strawberry.type
@@ -66,34 +57,27 @@ class Task:
 
     @classmethod
     def from_model(cls, task: models.Task) -> Task:
-        return cls(
+        return from_row(
+            cls,
+            task,
             id=encode_id("Task", task.id),
-            prompt=task.prompt,
-            status=TaskStatus(task.status),
-            exit_code=task.exit_code,
-            error=task.error,
-            cost_usd=task.cost_usd,
-            created_at=task.created_at,
-            started_at=task.started_at,
-            finished_at=task.finished_at,
+            status=models.TaskStatus(task.status),
             pk=task.id,
             project_pk=task.project_id,  # type: ignore[attr-defined]
             creator_pk=task.created_by_id,  # type: ignore[attr-defined]
             parent_pk=task.parent_id,
         )
 
-    @strawberry.field
-    async def project(self, info: Info) -> Annotated[Project, strawberry.lazy("aicm.schema.projects")]:
+    @strawberry.field(description="Null when you may read the task but not its project.")
+    async def project(self, info: Info) -> Annotated[Project, strawberry.lazy("aicm.schema.projects")] | None:
         from aicm.schema.projects import Project  # imported late: Project.tasks refers back to Task
 
-        return Project.from_model(await info.context.loaders.project_by_id.load(self.project_pk))
+        project = await info.context.loaders.project_by_id.load(self.project_pk)
+        return Project.from_model(project) if project else None
 
-    @strawberry.field
+    @strawberry.field(description="Null once that user is deleted, or when you may not see them.")
     async def created_by(self, info: Info) -> User | None:
-        if self.creator_pk is None:
-            return None
-        user = await info.context.loaders.user_by_id.load(self.creator_pk)
-        return User.from_model(user) if user else None
+        return await user_or_none(info, self.creator_pk)
 
     @strawberry.field(description="The task this one follows up, when it is a follow-up.")
     def parent_id(self) -> strawberry.ID | None:
@@ -101,11 +85,10 @@ class Task:
 
     @strawberry.field(description="Stored log lines with seq > afterSeq, oldest first.")
     async def logs(self, info: Info, after_seq: int = 0, first: int = 100) -> list[TaskLogLine]:
-        task = await tasks_resolvers.get_task(info.context.viewer, self.pk)
-        return [
-            TaskLogLine.from_model(line)
-            for line in await tasks_resolvers.task_logs(task, after_seq=after_seq, first=first)
-        ]
+        lines = await tasks_resolvers.task_logs(
+            info.context.loaders, self.pk, after_seq=after_seq, first=first
+        )
+        return [TaskLogLine.from_model(line) for line in lines]
 
 
 @strawberry.input
@@ -136,7 +119,7 @@ class TaskQueries:
         page = await tasks_resolvers.list_tasks(
             info.context.viewer,
             project_id=decode_id(project_id, "Project", field="projectId") if project_id else None,
-            status=models.TaskStatus(status.value) if status else None,
+            status=status,
             first=first,
             after=after,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["PREFIX", "project", "session", "task", "task_control", "task_logs", "user"]
+__all__ = ["PREFIX", "project", "roles", "session", "task", "task_control", "task_logs", "user"]
 
 PREFIX = "aicm:"
 
@@ -41,6 +41,11 @@ def task_control() -> str:
 def user(user_id: int) -> str:
     """Account changes of one user: deactivation, role changes."""
     return f"{PREFIX}user:{_id(user_id)}"
+
+
+def roles() -> str:
+    """Permission changes of any role (updated or deleted), heard by every live subscription."""
+    return f"{PREFIX}roles"
 
 
 def session(session_id: str) -> str:

@@ -7,34 +7,44 @@ leaks through an event.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from aicm import models
 from aicm.auth.viewer import Viewer
 
-PROJECT_UPDATED = "PROJECT_UPDATED"
-PROJECT_ARCHIVED = "PROJECT_ARCHIVED"
-PROJECT_DELETED = "PROJECT_DELETED"
-MEMBER_ADDED = "MEMBER_ADDED"
-MEMBER_UPDATED = "MEMBER_UPDATED"
-MEMBER_REMOVED = "MEMBER_REMOVED"
-TASK_CREATED = "TASK_CREATED"
-TASK_UPDATED = "TASK_UPDATED"
+
+class ProjectEventType(StrEnum):
+    """``ProjectEvent.type`` (CONTRACT §3); the schema exposes this enum as it is."""
+
+    PROJECT_UPDATED = "PROJECT_UPDATED"
+    PROJECT_ARCHIVED = "PROJECT_ARCHIVED"
+    PROJECT_DELETED = "PROJECT_DELETED"
+    MEMBER_ADDED = "MEMBER_ADDED"
+    MEMBER_UPDATED = "MEMBER_UPDATED"
+    MEMBER_REMOVED = "MEMBER_REMOVED"
+    TASK_CREATED = "TASK_CREATED"
+    TASK_UPDATED = "TASK_UPDATED"
+
 
 # Events after which a subscriber's access to the project must be checked again.
-ACCESS_CHANGING = frozenset({PROJECT_DELETED, MEMBER_UPDATED, MEMBER_REMOVED})
+ACCESS_CHANGING = frozenset(
+    {ProjectEventType.PROJECT_DELETED, ProjectEventType.MEMBER_UPDATED, ProjectEventType.MEMBER_REMOVED}
+)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def project_event(kind: str, project: models.Project, viewer: Viewer, **extra: Any) -> dict[str, Any]:
+def project_event(
+    kind: ProjectEventType, project: models.Project, viewer: Viewer, **extra: Any
+) -> dict[str, Any]:
     return {"type": kind, "project_id": project.id, "actor_id": viewer.user_id, "at": _now(), **extra}
 
 
 def member_event(
-    kind: str, project: models.Project, member: models.ProjectMember, viewer: Viewer
+    kind: ProjectEventType, project: models.Project, member: models.ProjectMember, viewer: Viewer
 ) -> dict[str, Any]:
     """Carries the membership itself, so that a removal can still say who left and with which role."""
     details = {
@@ -45,7 +55,7 @@ def member_event(
     return project_event(kind, project, viewer, member=details)
 
 
-def task_event(kind: str, task: models.Task, actor_id: int | None) -> dict[str, Any]:
+def task_event(kind: ProjectEventType, task: models.Task, actor_id: int | None) -> dict[str, Any]:
     """On the project channel (TASK_CREATED / TASK_UPDATED) and the task channel (every status change)."""
     return {
         "type": kind,

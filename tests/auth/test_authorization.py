@@ -93,7 +93,7 @@ CASES: list[tuple[str, str, Any, dict[str, str]]] = [
         "user",
         "query($id: ID!) { user(id: $id) { email } }",
         lambda w: {"id": w.id("User", "target")},
-        everyone(HIDDEN) | {"anonymous": UNAUTH, "admin": OK, "auditor": OK},
+        everyone(OK) | {"outsider": HIDDEN},  # co-members of P see the target, a member of P
     ),
     ("users", "{ users { totalCount } }", lambda w: {}, readers()),
     (

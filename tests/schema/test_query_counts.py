@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 
+from aicm import models
 from aicm.auth.permissions import DEVELOPER, VIEWER
 from tests.factories import add_member, make_project, make_user, token_for
 from tests.graphql import assert_ok, execute
@@ -21,6 +23,12 @@ query($first: Int!) {
     edges { node { owner { email } viewerRole { name }
                    members { user { email } role { name permissions } } } }
   }
+}
+"""
+
+TASK_LOGS = """
+query($first: Int!) {
+  tasks(first: $first) { edges { node { prompt project { name } logs(first: 5) { seq } } } }
 }
 """
 
@@ -50,10 +58,11 @@ def count_sql() -> Iterator[list[str]]:
         logger.setLevel(level)
 
 
-async def _count_for_page(client: httpx.AsyncClient, token: str, size: int) -> int:
+async def _count_for_page(client: httpx.AsyncClient, token: str, size: int, document: str = PROJECTS) -> int:
     with count_sql() as statements:
-        data = assert_ok(await execute(client, PROJECTS, {"first": size}, token=token))
-    assert len(data["projects"]["edges"]) == size
+        data = assert_ok(await execute(client, document, {"first": size}, token=token))
+    (connection,) = data.values()
+    assert len(connection["edges"]) == size
     return len(statements)
 
 
@@ -74,3 +83,51 @@ async def test_project_list_runs_constant_sql_at_page_sizes_5_and_50(
     # then
     assert small == large, (small, large)
     assert large <= 10
+
+
+@pytest.mark.parametrize("viewer_kind", ["member", "admin"])
+async def test_task_logs_in_a_task_list_run_constant_sql_at_page_sizes_2_and_20(
+    app: Starlette, client: httpx.AsyncClient, viewer_kind: str
+) -> None:
+    # given 20 tasks of a project the viewer reads, each with 8 stored log lines
+    viewer = await make_user(roles=("member", "admin") if viewer_kind == "admin" else ("member",))
+    project = await make_project(await make_user())
+    await add_member(project, viewer, VIEWER)
+    for _ in range(20):
+        task = await models.Task.create(project=project, prompt="p", last_seq=8)
+        await models.TaskLog.bulk_create(
+            [
+                models.TaskLog(
+                    task=task, seq=seq, at=datetime.now(UTC), stream="stdout", kind="text", text="x"
+                )
+                for seq in range(1, 9)
+            ]
+        )
+    token = await token_for(app, viewer)
+    # when
+    small = await _count_for_page(client, token, 2, TASK_LOGS)
+    large = await _count_for_page(client, token, 20, TASK_LOGS)
+    # then
+    assert small == large, (small, large)
+    assert large <= 8
+
+
+async def test_a_tasks_logs_are_the_first_lines_after_after_seq(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    # given a task with 8 stored lines
+    viewer = await make_user()
+    project = await make_project(viewer)
+    task = await models.Task.create(project=project, prompt="p", last_seq=8)
+    for seq in range(1, 9):
+        await models.TaskLog.create(task=task, seq=seq, at=datetime.now(UTC), stream="stdout", kind="text")
+    token = await token_for(app, viewer)
+    query = (
+        "{ tasks { edges { node { a: logs(afterSeq: 2, first: 3) { seq } b: logs(afterSeq: 6) { seq } } } } }"
+    )
+    # when
+    data = assert_ok(await execute(client, query, token=token))
+    # then
+    (node,) = [edge["node"] for edge in data["tasks"]["edges"]]
+    assert [line["seq"] for line in node["a"]] == [3, 4, 5]
+    assert [line["seq"] for line in node["b"]] == [7, 8]

@@ -279,3 +279,23 @@ async def test_a_thousand_subscriptions_on_one_process(
     for ws in sockets:
         await ws.close()
     assert await models.Project.filter(id=project.id, name="Crowded").exists()
+
+
+async def test_a_negative_after_seq_is_refused_with_bad_user_input(
+    app: Starlette, client: httpx.AsyncClient, server_url: str
+) -> None:
+    # given
+    _, watcher, project = await world(app)
+    task = await models.Task.create(project=project, prompt="p")
+    ws = await (await GraphQLWS.open(server_url, await token_for(app, watcher))).acked()
+    # when
+    await ws.subscribe(
+        "1",
+        "subscription($id: ID!) { taskLogs(taskId: $id, afterSeq: -1) { seq } }",
+        {"id": encode_id("Task", task.id)},
+    )
+    # then
+    message = await next_of(ws)
+    assert message["type"] == "error"
+    assert message["payload"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "afterSeq"}
+    await ws.close()
