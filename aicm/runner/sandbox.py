@@ -139,6 +139,7 @@ def wrap(argv: Sequence[str], spec: SandboxSpec) -> list[str]:
         args.append("--unshare-net")
     for _, options in mounts:
         args += options
+    args += ["--remount-ro", "/"]  # the directories bubblewrap made for the mount points stay read-only
     args += ["--setenv", "HOME", home, "--setenv", "CLAUDE_CONFIG_DIR", f"{home}/.claude"]
     args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(spec.worktree), "--", *argv]
     return args
