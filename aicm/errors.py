@@ -63,4 +63,3 @@ class RateLimited(AppError):
 class QueryTooComplex(AppError):
     code = "QUERY_TOO_COMPLEX"
     default_message = "Query is too complex"
-

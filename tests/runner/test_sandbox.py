@@ -135,7 +135,9 @@ async def run_hostile(
         elif line.startswith('{"action"'):
             result.reports.append(json.loads(line))
 
-    async with AgentProcess(argv, cwd=layout.worktree, env=scrubbed_env(os.environ, {}), limits=limits) as agent:
+    async with AgentProcess(
+        argv, cwd=layout.worktree, env=scrubbed_env(os.environ, {}), limits=limits
+    ) as agent:
         result.outcome = await agent.run(on_line, time_limit=LIMIT, grace=1.0)
     return result
 
@@ -145,6 +147,10 @@ def rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def existing(paths: list[str]) -> list[str]:
+    return [path for path in paths if os.path.exists(path)]
 
 
 def marked_processes(marker: str) -> list[int]:
@@ -179,7 +185,7 @@ async def test_the_agent_sees_none_of_the_servers_secrets(bwrap: None, layout: L
     # The controls: the worktree is the agent's own, the read-only extra is there (minus what is hidden in
     # it: names covered by an empty tmpfs or /dev/null may show, their contents do not).
     assert all(reads[path]["ok"] for path in readable), reads
-    own_environ = Path(f"/proc/{os.getpid()}/environ").read_bytes()
+    own_environ = await asyncio.to_thread(Path(f"/proc/{os.getpid()}/environ").read_bytes)
     assert own_environ[:100].hex() not in reads[f"/proc/{os.getpid()}/environ"]["detail"]
 
 
@@ -203,13 +209,10 @@ async def test_the_agent_writes_only_its_worktree_home_and_private_tmp(bwrap: No
     run = await run_hostile(layout, "write", *outside, *inside)
 
     writes = run.by_target("write")
-    for path in outside:
-        assert not writes[path]["ok"], path
-        assert not Path(path).exists(), path
-    for path in inside:
-        assert writes[path]["ok"], (path, writes[path])
-    assert (layout.worktree / "written").exists() and (layout.home / "written").exists()
-    assert not Path(marker).exists()  # the sandbox's /tmp is its own
+    assert not any(writes[path]["ok"] for path in outside), writes
+    assert all(writes[path]["ok"] for path in inside), writes
+    on_host = existing([*outside, *inside])
+    assert on_host == inside[:2]  # in the worktree and the home; the sandbox's /tmp is its own
 
 
 async def test_without_network_the_agent_cannot_reach_the_servers_port(bwrap: None, layout: Layout) -> None:
@@ -288,10 +291,12 @@ async def test_allocating_past_the_memory_limit_ends_the_run(bwrap: None, layout
     assert max(allocated, default=0) < 256
 
 
-async def test_a_50_mb_line_is_cut_and_2_million_lines_stop_at_the_output_cap(bwrap: None, layout: Layout) -> None:
+async def test_a_50_mb_line_is_cut_and_2_million_lines_stop_at_the_output_cap(
+    bwrap: None, layout: Layout
+) -> None:
     before = rss_kib()
     big = await run_hostile(layout, "bigline", "50", limits=Limits(line_bytes=MiB))
-    many = await run_hostile(layout, "lines", "2000000", limits=Limits(output_bytes=4 * MiB))
+    many = await run_hostile(layout, "lines", "2000000", limits=Limits(output_bytes=MiB))
     growth_mib = (rss_kib() - before) / 1024
 
     assert big.outcome.limit is None and big.outcome.exit_code == 0
@@ -299,7 +304,7 @@ async def test_a_50_mb_line_is_cut_and_2_million_lines_stop_at_the_output_cap(bw
     assert big.by_target("bigline")["50"]["ok"]
     assert many.outcome.limit == "output_bytes"
     assert many.outcome.exit_code != 0  # killed, not finished
-    assert 100_000 < many.lines < 600_000  # ~4 MiB of "line N" lines were delivered, then nothing
+    assert 50_000 < many.lines < 150_000  # ~1 MiB of "line N" lines was delivered, then nothing
     assert growth_mib < 64, f"the test process grew by {growth_mib:.0f} MiB"
 
 
