@@ -63,3 +63,4 @@ class RateLimited(AppError):
 class QueryTooComplex(AppError):
     code = "QUERY_TOO_COMPLEX"
     default_message = "Query is too complex"
+
