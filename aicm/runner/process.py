@@ -361,10 +361,10 @@ class AgentProcess:
 
     def _hit(self, limit: str) -> None:
         """Record the first limit the run passed and end it (no grace: it is over its limit)."""
-        if self._limit is None:
+        if self._limit is None:  # once: the reader calls this for every line past output_bytes
             self._limit = limit
             self._limit_hit.set()
-        self.kill()
+            self.kill()
 
     async def _watch_limits(self) -> None:
         """Returns once a limit is passed: output (from the reader) or memory and processes (the cgroup)."""
