@@ -65,6 +65,7 @@ _REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the kernel to report 
 _QUEUE_SIZE = 256  # lines read ahead of the consumer; beyond that the pipes fill and the agent waits
 
 _LIMIT_POLL = 0.25  # how often to look at the run's cgroup for an OOM kill or a refused fork
+_MAX_DESCENDANTS = 10_000
 _NOT_RUNNABLE = {errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENOEXEC, errno.ELOOP, errno.EISDIR}
 
 
@@ -108,6 +109,8 @@ class AgentProcess:
     ``output_bytes`` of stdout and stderr together the rest is read and dropped and the run is killed.
     ``kill`` reaches every process of the cgroup, also those that left the process group with ``setsid``.
     (Without a cgroup only the sandbox's PID namespace contains those: see ``aicm.runner.sandbox``.)
+    ``sandboxed``: ``argv`` is a ``sandbox.wrap`` command line; ``cancel`` then sends its SIGTERM to the
+    processes inside the sandbox, not to bubblewrap, which would die of it and kill them without a word.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class AgentProcess:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         limits: Limits | None = None,
+        sandboxed: bool = False,
     ) -> None:
         if not argv or not argv[0]:
             raise ValueError("argv must name a program")
@@ -133,6 +137,7 @@ class AgentProcess:
         self._lines_taken = False
         # --- runner.limits
         self.limits = limits
+        self.sandboxed = sandboxed
         self._cgroup: RunCgroup | None = None
         self._output_bytes = 0
         self._limit: str | None = None
@@ -344,7 +349,10 @@ class AgentProcess:
         proc = self._started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, grace)
-        self._signal_group(signal.SIGTERM)
+        if self.sandboxed:  # bubblewrap dies of SIGTERM and takes the agent with it: ask the agent itself
+            _signal_descendants(proc.pid, signal.SIGTERM)
+        else:
+            self._signal_group(signal.SIGTERM)
         while (remaining := deadline - loop.time()) > 0:  # bounded by grace
             if proc.returncode is not None and not self._group_alive():
                 return
@@ -477,6 +485,27 @@ class AgentProcess:
         if self._proc is None:
             raise RuntimeError("the agent process has not been started")
         return self._proc
+
+
+def _signal_descendants(pid: int, sig: signal.Signals) -> None:
+    """Signal every descendant of ``pid`` (not ``pid`` itself), found through /proc/<pid>/task/*/children.
+
+    Inside a PID namespace the orphans of a ``setsid`` are re-parented to the namespace's init, itself a
+    descendant, so this reaches them too. (The init ignores signals it has no handler for.)
+    """
+    seen: set[int] = set()
+    todo = [pid]
+    while todo and len(seen) < _MAX_DESCENDANTS:  # bounded: a fork bomb cannot keep this going
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{parent}/task"):
+                with open(f"{task.path}/children") as f:
+                    children = {int(child) for child in f.read().split()} - seen
+                seen |= children
+                todo.extend(children)
+    for child in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, sig)
 
 
 def _decode(raw: bytes) -> str:

@@ -254,6 +254,29 @@ async def test_a_setsid_grandchild_dies_with_the_run_in_its_cgroup(layout: Layou
     assert no_survivors(marker)
 
 
+async def test_cancel_asks_the_sandboxed_agent_to_stop_before_killing_it(bwrap: None, layout: Layout) -> None:
+    source = (
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b'got SIGTERM\\n'), os._exit(3)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(20)\n"
+    )
+    argv = wrap([PYTHON, "-c", source], layout.spec())
+    cancel = asyncio.Event()
+    lines: list[str] = []
+
+    async def on_line(stream: str, line: str) -> None:
+        lines.append(line)
+        if line == "ready":
+            cancel.set()
+
+    async with AgentProcess(argv, cwd=layout.worktree, env={}, sandboxed=True) as agent:
+        outcome = await agent.run(on_line, time_limit=LIMIT, cancel_event=cancel, grace=5.0)
+
+    assert lines == ["ready", "got SIGTERM"]
+    assert outcome.cancelled and outcome.exit_code == 3
+
+
 def test_bubblewrap_mode_fails_clearly_when_it_cannot_run() -> None:
     with pytest.raises(SandboxUnavailable, match="not installed"):
         detect("bubblewrap", bwrap="aicm-no-such-bwrap")
