@@ -352,3 +352,15 @@ async def test_cpu_time_and_file_size_limits_are_named_by_the_exit_signal(layout
         outcome = await agent.run(lambda stream, line: asyncio.sleep(0), time_limit=LIMIT)
 
     assert outcome.limit == "cpu_time"
+
+
+async def test_writing_past_the_file_size_limit_ends_the_sandboxed_run(bwrap: None, layout: Layout) -> None:
+    dd = shutil.which("dd")
+    assert dd is not None
+    argv = wrap([dd, "if=/dev/zero", "of=big", "bs=1M", "count=4"], layout.spec())
+
+    async with AgentProcess(argv, cwd=layout.worktree, env={}, limits=Limits(file_size=MiB)) as agent:
+        outcome = await agent.run(lambda stream, line: asyncio.sleep(0), time_limit=LIMIT)
+
+    assert outcome.limit == "file_size"  # dd died of SIGXFSZ, bubblewrap exits with 128 + 25
+    assert outcome.exit_code == 128 + signal.SIGXFSZ
