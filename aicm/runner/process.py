@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from aicm.runner.limits import Limits, RunCgroup, limit_from_exit, preexec
+
 __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_MAX_LINE_BYTES",
@@ -62,6 +64,8 @@ _POLL = 0.05  # how often to look for the agent's exit while waiting on somethin
 _REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the kernel to report the exit
 _QUEUE_SIZE = 256  # lines read ahead of the consumer; beyond that the pipes fill and the agent waits
 
+_LIMIT_POLL = 0.25  # how often to look at the run's cgroup for an OOM kill or a refused fork
+_MAX_DESCENDANTS = 10_000
 _NOT_RUNNABLE = {errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ENOEXEC, errno.ELOOP, errno.EISDIR}
 
 
@@ -76,11 +80,16 @@ class AgentNotFound(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """How ``AgentProcess.run`` ended. ``exit_code`` is None when a signal ended the agent."""
+    """How ``AgentProcess.run`` ended. ``exit_code`` is None when a signal ended the agent.
+
+    ``limit`` names the ``runner.limits`` entry the run passed ("memory", "processes", "file_size",
+    "cpu_time", "output_bytes"), else None; the caller ends such a run as FAILED.
+    """
 
     exit_code: int | None
     timed_out: bool = False
     cancelled: bool = False
+    limit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,14 @@ class AgentProcess:
 
     ``max_line_bytes`` bounds one line: the bytes beyond it are discarded as they are read (never held in
     memory) and the line ends with `` …[truncated N bytes]``.
+
+    ``limits`` (``runner.limits``): the run gets a cgroup of its own when this machine allows one and its
+    rlimits (see ``aicm.runner.limits``); ``limits.line_bytes`` replaces ``max_line_bytes``; past
+    ``output_bytes`` of stdout and stderr together the rest is read and dropped and the run is killed.
+    ``kill`` reaches every process of the cgroup, also those that left the process group with ``setsid``.
+    (Without a cgroup only the sandbox's PID namespace contains those: see ``aicm.runner.sandbox``.)
+    ``sandboxed``: ``argv`` is a ``sandbox.wrap`` command line; ``cancel`` then sends its SIGTERM to the
+    processes inside the sandbox, not to bubblewrap, which would die of it and kill them without a word.
     """
 
     def __init__(
@@ -104,6 +121,8 @@ class AgentProcess:
         env: Mapping[str, str],
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        limits: Limits | None = None,
+        sandboxed: bool = False,
     ) -> None:
         if not argv or not argv[0]:
             raise ValueError("argv must name a program")
@@ -112,10 +131,17 @@ class AgentProcess:
         self.argv = list(argv)
         self.cwd = Path(cwd)
         self.env = dict(env)
-        self.max_line_bytes = max_line_bytes
+        self.max_line_bytes = limits.line_bytes if limits else max_line_bytes
         self.drain_timeout = drain_timeout
         self._proc: asyncio.subprocess.Process | None = None
         self._lines_taken = False
+        # --- runner.limits
+        self.limits = limits
+        self.sandboxed = sandboxed
+        self._cgroup: RunCgroup | None = None
+        self._output_bytes = 0
+        self._limit: str | None = None
+        self._limit_hit = asyncio.Event()
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -123,6 +149,8 @@ class AgentProcess:
         """Spawn the program. Raises AgentNotFound when it cannot be executed, OSError for a bad ``cwd``."""
         if self._proc is not None:
             raise RuntimeError("the agent process was already started")
+        if self.limits is not None:
+            self._cgroup = RunCgroup.create(self.limits)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -133,8 +161,10 @@ class AgentProcess:
                 env=self.env,
                 start_new_session=True,  # own session, own process group: cancel reaches the children
                 limit=self.max_line_bytes,
+                preexec_fn=preexec(self.limits, self._cgroup) if self.limits else None,
             )
         except OSError as exc:
+            self._remove_cgroup()
             names_cwd = exc.filename is not None and os.fsdecode(exc.filename) == os.fsdecode(self.cwd)
             if names_cwd or exc.errno not in _NOT_RUNNABLE:
                 raise
@@ -168,6 +198,12 @@ class AgentProcess:
             transport = getattr(proc, "_transport", None)
             if transport is not None:
                 transport.close()
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.kill()
+            self._cgroup.remove()
 
     # --------------------------------------------------------------------------------------- inspection
 
@@ -232,14 +268,21 @@ class AgentProcess:
 
     async def _pump(self, name: str, reader: asyncio.StreamReader, queue: asyncio.Queue) -> None:
         error: BaseException | None = None
+        cap = self.limits.output_bytes if self.limits else None
         try:
-            while (line := await self._read_line(reader)) is not None:  # ends at EOF
+            while (read := await self._read_line(reader)) is not None:  # ends at EOF
+                line, size = read
+                self._output_bytes += size
+                if cap is not None and self._output_bytes > cap:
+                    self._hit("output_bytes")  # then drain and drop, so that nothing blocks on the pipe
+                    continue
                 await queue.put((name, line))
         except Exception as exc:  # handed to the consumer, raised from lines()
             error = exc
         await queue.put(_End(name, error))
 
-    async def _read_line(self, reader: asyncio.StreamReader) -> str | None:
+    async def _read_line(self, reader: asyncio.StreamReader) -> tuple[str, int] | None:
+        """The next line and the bytes it took from the pipe, or None at EOF."""
         try:
             raw = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:  # EOF: a last line without newline, or nothing
@@ -248,26 +291,31 @@ class AgentProcess:
             raw = exc.partial
         except asyncio.LimitOverrunError:
             return await self._read_long_line(reader)
-        return _decode(raw.removesuffix(b"\n").removesuffix(b"\r"))
+        return _decode(raw.removesuffix(b"\n").removesuffix(b"\r")), len(raw)
 
-    async def _read_long_line(self, reader: asyncio.StreamReader) -> str:
+    async def _read_long_line(self, reader: asyncio.StreamReader) -> tuple[str, int]:
         # The buffer holds more than max_line_bytes bytes and none of the first max_line_bytes is a newline.
         head = await reader.read(self.max_line_bytes)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         text = decoder.decode(head, final=False)  # holds back a character cut in half
         dropped = len(decoder.getstate()[0])
+        consumed = len(head)
         while True:  # each pass consumes buffered bytes; ends at the newline or at EOF
             try:
                 rest = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
                 dropped += len(exc.partial)
+                consumed += len(exc.partial)
                 break
             except asyncio.LimitOverrunError as exc:
-                dropped += len(await reader.read(max(exc.consumed, 1)))
+                chunk = len(await reader.read(max(exc.consumed, 1)))
+                dropped += chunk
+                consumed += chunk
                 continue
             dropped += len(rest.removesuffix(b"\n").removesuffix(b"\r"))
+            consumed += len(rest)
             break
-        return text.replace("\x00", "\ufffd") + f" …[truncated {dropped} bytes]"
+        return text.replace("\x00", "\ufffd") + f" …[truncated {dropped} bytes]", consumed
 
     # ---------------------------------------------------------------------------------- waiting, signals
 
@@ -301,7 +349,10 @@ class AgentProcess:
         proc = self._started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, grace)
-        self._signal_group(signal.SIGTERM)
+        if self.sandboxed:  # bubblewrap dies of SIGTERM and takes the agent with it: ask the agent itself
+            _signal_descendants(proc.pid, signal.SIGTERM)
+        else:
+            self._signal_group(signal.SIGTERM)
         while (remaining := deadline - loop.time()) > 0:  # bounded by grace
             if proc.returncode is not None and not self._group_alive():
                 return
@@ -311,8 +362,27 @@ class AgentProcess:
             await asyncio.wait_for(self._wait_exit(), _REAP_TIMEOUT)
 
     def kill(self) -> None:
-        """SIGKILL to the whole process group, at once."""
+        """SIGKILL to the whole process group, and to every process of the run's cgroup, at once."""
         self._signal_group(signal.SIGKILL)
+        if self._cgroup is not None:
+            self._cgroup.kill()
+
+    def _hit(self, limit: str) -> None:
+        """Record the first limit the run passed and end it (no grace: it is over its limit)."""
+        if self._limit is None:  # once: the reader calls this for every line past output_bytes
+            self._limit = limit
+            self._limit_hit.set()
+            self.kill()
+
+    async def _watch_limits(self) -> None:
+        """Returns once a limit is passed: output (from the reader) or memory and processes (the cgroup)."""
+        cgroup = self._cgroup
+        while not self._limit_hit.is_set():  # polls until cancelled by run()
+            if cgroup is not None and (limit := cgroup.limit_hit()) is not None:
+                self._hit(limit)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._limit_hit.wait(), _LIMIT_POLL)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         proc = self._started()
@@ -326,6 +396,8 @@ class AgentProcess:
                     proc.send_signal(sig)
 
     def _group_alive(self) -> bool:
+        if self._cgroup is not None and self._cgroup.pids():
+            return True
         try:
             os.killpg(self._started().pid, 0)
         except ProcessLookupError:
@@ -373,10 +445,15 @@ class AgentProcess:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
         code = proc.returncode
+        if self._limit is None and self._cgroup is not None:
+            self._limit = self._cgroup.limit_hit()
+        if self._limit is None and self.limits is not None:
+            self._limit = limit_from_exit(code)
         return RunOutcome(
             exit_code=None if code is None or code < 0 else code,
             timed_out=reasons == ["timeout"],
             cancelled=reasons == ["cancel"],
+            limit=self._limit,
         )
 
     async def _watchdog(
@@ -385,10 +462,19 @@ class AgentProcess:
         proc = self._started()
         loop = asyncio.get_running_loop()
         requested = asyncio.ensure_future(cancel_event.wait() if cancel_event else loop.create_future())
+        over_limit = asyncio.ensure_future(self._watch_limits())
         try:
-            done, _ = await asyncio.wait({requested}, timeout=time_limit)
+            done, _ = await asyncio.wait(
+                {requested, over_limit}, timeout=time_limit, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             requested.cancel()
+            over_limit.cancel()
+        if over_limit in done:  # _hit has killed it already
+            reasons.append("limit")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_exit(), _REAP_TIMEOUT)
+            return
         if proc.returncode is not None:  # it ended on its own; only leftovers may still hold the pipes
             self.kill()
             return
@@ -399,6 +485,27 @@ class AgentProcess:
         if self._proc is None:
             raise RuntimeError("the agent process has not been started")
         return self._proc
+
+
+def _signal_descendants(pid: int, sig: signal.Signals) -> None:
+    """Signal every descendant of ``pid`` (not ``pid`` itself), found through /proc/<pid>/task/*/children.
+
+    Inside a PID namespace the orphans of a ``setsid`` are re-parented to the namespace's init, itself a
+    descendant, so this reaches them too. (The init ignores signals it has no handler for.)
+    """
+    seen: set[int] = set()
+    todo = [pid]
+    while todo and len(seen) < _MAX_DESCENDANTS:  # bounded: a fork bomb cannot keep this going
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{parent}/task"):
+                with open(f"{task.path}/children") as f:
+                    children = {int(child) for child in f.read().split()} - seen
+                seen |= children
+                todo.extend(children)
+    for child in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, sig)
 
 
 def _decode(raw: bytes) -> str:
