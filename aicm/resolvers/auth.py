@@ -179,10 +179,18 @@ async def change_password(services: AuthServices, viewer: Viewer, *, current: st
     return True
 
 
-async def session_check(services: AuthServices, session_id: str) -> None:
-    """Refuse an access token whose session has ended (revoked, logged out, or ended by token reuse)."""
-    if await services.sessions.is_active(session_id):
-        return
+async def session_check(services: AuthServices, session_id: str, user_id: int) -> None:
+    """Refuse an access token whose session has ended (revoked, logged out, or ended by token reuse), or
+    whose session belongs to another user than the token names: a token's ``sub`` and ``sid`` must agree."""
+    record = await services.sessions.get(session_id)
+    if record is not None:
+        if record.user_id == user_id:
+            return
+        security.warning(
+            "access token names another user than its session",
+            extra={"event": "token_session_mismatch", "user_id": user_id},
+        )
+        raise Unauthenticated("Invalid access token", reason="TOKEN_INVALID")
     if await services.sessions.revocation_reason(session_id) == "reused":
         raise Unauthenticated("The session was ended: its refresh token was reused", reason="TOKEN_REUSED")
     raise Unauthenticated("The session has ended", reason="SESSION_REVOKED")

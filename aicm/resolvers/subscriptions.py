@@ -38,7 +38,7 @@ async def recheck(auth: AuthServices, viewer: Viewer, project_id: int, permissio
     """A fresh viewer that still holds ``permission`` on the project, else FORBIDDEN."""
     assert viewer.user_id is not None and viewer.session_id is not None
     try:
-        await session_check(auth, viewer.session_id)
+        await session_check(auth, viewer.session_id, viewer.user_id)
         fresh = await load_viewer(viewer.user_id, viewer.session_id, viewer.ip, viewer.user_agent)
     except AppError as exc:
         raise Forbidden("Access was lost: the session or account has ended", reason="ACCESS_LOST") from exc
