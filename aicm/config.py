@@ -131,6 +131,9 @@ class RateLimitConfig:
     # login, register, refreshToken and OAuth: a stricter bucket per IP and per email
     auth_requests_per_minute: float = 10.0
     auth_burst_size: int = 10
+    max_ws_connections_per_user: int = (
+        20  # open WebSocket connections of one user, on every instance with Redis
+    )
 
 
 @dataclass
@@ -445,6 +448,7 @@ def _validate(s: Settings) -> list[str]:
     positive("security.rate_limit.burst_size", rate.burst_size)
     positive("security.rate_limit.auth_requests_per_minute", rate.auth_requests_per_minute)
     positive("security.rate_limit.auth_burst_size", rate.auth_burst_size)
+    positive("security.rate_limit.max_ws_connections_per_user", rate.max_ws_connections_per_user)
     at_least("security.hsts.max_age", s.security.hsts.max_age, 0)
     one_of("security.refresh_cookie.same_site", s.security.refresh_cookie.same_site, ("strict", "lax"))
     at_least("security.cors.max_age", cors.max_age, 0)

@@ -38,7 +38,7 @@ from aicm.auth.viewer import Viewer
 from aicm.config import Settings
 from aicm.errors import Unauthenticated
 from aicm.http.graphiql import GraphiQLPage
-from aicm.http.websocket import LegacyWSHandler, TransportWSHandler
+from aicm.http.websocket import CappedWebSocketAdapter, LegacyWSHandler, TransportWSHandler
 from aicm.schema import build_schema
 from aicm.schema.context import Context, viewer_from_authorization, viewer_from_claims
 from aicm.schema.extensions.persisted_queries import PersistedQueries, PersistedQueryError
@@ -68,6 +68,7 @@ def _error(
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
+    websocket_adapter_class = CappedWebSocketAdapter  # type: ignore[assignment]
 
     def __init__(self, settings: Settings) -> None:
         protocols = [GRAPHQL_TRANSPORT_WS_PROTOCOL]
