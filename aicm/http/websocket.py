@@ -39,7 +39,7 @@ from strawberry.types.execution import ExecutionResult, PreExecutionError
 from aicm.errors import RateLimited
 from aicm.http.middleware.rate_limit import subscribe_refusal
 from aicm.metrics import WEBSOCKET_CONNECTIONS
-from aicm.ratelimit import ConnectionSlot
+from aicm.ratelimit import ConnectionSlot, RateLimits
 
 MESSAGE_TOO_BIG = 1009  # RFC 6455
 
@@ -90,7 +90,7 @@ class _OneSlotPerConnection:
 
     context: Any
     websocket: Any
-    _slot: ConnectionSlot | None = None
+    _slot: tuple[RateLimits, ConnectionSlot] | None = None  # given back to the limits it came from
 
     async def _take_slot(self) -> bool:
         """False (and the socket closed with 4429) when the user holds every slot already."""
@@ -98,8 +98,8 @@ class _OneSlotPerConnection:
         user_id = self.context.viewer.user_id
         if limits is None or user_id is None:
             return True
-        self._slot = await limits.open_connection(user_id)
-        if self._slot is not None:
+        if (slot := await limits.open_connection(user_id)) is not None:
+            self._slot = (limits, slot)
             return True
         maximum = limits.config.max_ws_connections_per_user
         await self.websocket.close(
@@ -108,9 +108,10 @@ class _OneSlotPerConnection:
         return False
 
     async def _release_slot(self) -> None:
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            await self.context.runtime.rate_limits.close_connection(slot)
+        held, self._slot = self._slot, None
+        if held is not None:
+            limits, slot = held
+            await limits.close_connection(slot)
 
 
 class TransportWSHandler(_OneSlotPerConnection, BaseGraphQLTransportWSHandler[Any, Any]):
