@@ -131,6 +131,9 @@ class RateLimitConfig:
     # login, register, refreshToken and OAuth: a stricter bucket per IP and per email
     auth_requests_per_minute: float = 10.0
     auth_burst_size: int = 10
+    max_ws_connections_per_user: int = (
+        20  # open WebSocket connections of one user, on every instance with Redis
+    )
 
 
 @dataclass
@@ -473,6 +476,7 @@ def _check_security(s: Settings, problems: _Problems) -> None:
     problems.positive("security.rate_limit.burst_size", rate.burst_size)
     problems.positive("security.rate_limit.auth_requests_per_minute", rate.auth_requests_per_minute)
     problems.positive("security.rate_limit.auth_burst_size", rate.auth_burst_size)
+    problems.positive("security.rate_limit.max_ws_connections_per_user", rate.max_ws_connections_per_user)
     problems.at_least("security.hsts.max_age", s.security.hsts.max_age, 0)
     problems.one_of(
         "security.refresh_cookie.same_site", s.security.refresh_cookie.same_site, ("strict", "lax")

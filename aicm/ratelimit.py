@@ -2,8 +2,9 @@
 
 A bucket holds at most ``burst`` tokens and refills at ``rate`` tokens per second; a hit takes ``cost`` tokens
 or, when the bucket lacks them, is refused with the seconds until it would succeed. :class:`RateLimits` is the
-policy on top: which bucket a caller draws from (``security.rate_limit``), and the one place that logs
-``rate_limit_exceeded`` and counts ``rate_limit_exceeded_total``.
+policy on top: which bucket a caller draws from (``security.rate_limit``), how many WebSocket connections a
+user may hold open (:mod:`aicm.connection_slots`), and the one place that logs ``rate_limit_exceeded`` and
+counts ``rate_limit_exceeded_total``.
 
 Example::
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from aicm.connection_slots import ConnectionSlots, MemoryConnectionSlots, RedisConnectionSlots
 from aicm.logs import security_event
 from aicm.metrics import RATE_LIMIT_EXCEEDED
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from aicm.config import RateLimitConfig, Settings
 
 __all__ = [
+    "ConnectionSlot",
     "Decision",
     "Limit",
     "Limiter",
@@ -75,6 +78,14 @@ class Decision:
 
 
 ALLOWED = Decision(allowed=True, remaining=math.inf)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSlot:
+    """One open WebSocket connection of a user, counted towards ``max_ws_connections_per_user``."""
+
+    user_id: int
+    id: str | None  # None: not counted (limits off when it opened)
 
 
 class Limiter(abc.ABC):
@@ -180,9 +191,12 @@ class RateLimits:
     ``limiter`` is either store; ``config`` is read on every hit, so a changed config applies at once.
     """
 
-    def __init__(self, config: RateLimitConfig, limiter: Limiter) -> None:
+    def __init__(
+        self, config: RateLimitConfig, limiter: Limiter, connections: ConnectionSlots | None = None
+    ) -> None:
         self.config = config
         self.limiter = limiter
+        self.connections = connections or MemoryConnectionSlots()
 
     @property
     def enabled(self) -> bool:
@@ -222,6 +236,23 @@ class RateLimits:
                 decision = by_email
         return decision
 
+    async def open_connection(self, user_id: int) -> ConnectionSlot | None:
+        """A slot for one more WebSocket connection of ``user_id``; None (logged) when the user already holds
+        ``max_ws_connections_per_user`` open, on every instance when Redis is configured."""
+        if not self.enabled:
+            return ConnectionSlot(user_id, None)
+        maximum = self.config.max_ws_connections_per_user
+        slot = await self.connections.acquire(user_id, maximum)
+        if slot is None:
+            refused = Decision(False, 0.0, bucket="websocket:connections")
+            self.record_exceeded("websocket", refused, maximum=maximum)
+            return None
+        return ConnectionSlot(user_id, slot)
+
+    async def close_connection(self, slot: ConnectionSlot) -> None:
+        if slot.id is not None:
+            await self.connections.release(slot.user_id, slot.id)
+
     def record_exceeded(self, scope: str, decision: Decision, **fields: Any) -> None:
         """Log ``rate_limit_exceeded`` (ip, request id and user come from the request) and count it."""
         RATE_LIMIT_EXCEEDED.labels(scope=scope).inc()
@@ -241,5 +272,7 @@ def _named(decision: Decision, bucket: str) -> Decision:
 
 
 def make_rate_limits(settings: Settings, redis: Redis | None, *, prefix: str = "aicm:") -> RateLimits:
-    limiter: Limiter = RedisLimiter(redis, prefix=prefix) if redis is not None else MemoryLimiter()
-    return RateLimits(settings.security.rate_limit, limiter)
+    if redis is None:
+        return RateLimits(settings.security.rate_limit, MemoryLimiter(), MemoryConnectionSlots())
+    limiter = RedisLimiter(redis, prefix=prefix)
+    return RateLimits(settings.security.rate_limit, limiter, RedisConnectionSlots(redis, prefix=prefix))

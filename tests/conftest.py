@@ -79,12 +79,14 @@ def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
     settings.runner.workspace_root = str(tmp / "workspaces")
     settings.runner.command = DEMO_AGENT
     settings.runner.env = {"AICM_DEMO_DELAY": "0"}
-    # The suite signs in many times from 127.0.0.1 and opens 1000 subscriptions at once: the limiter runs on
-    # every request but its buckets are deep enough never to trip here (a client sending 2000 requests in a row
-    # still is limited). tests/http/test_rate_limit.py tests the limits with tight settings of its own.
+    # The suite signs in many times from 127.0.0.1 and opens 1000 subscriptions at once, 50 connections of one
+    # user: the limiter runs on every request but its buckets (and connection cap) are deep enough never to trip
+    # here (a client sending 2000 requests in a row still is limited). tests/http/test_rate_limit.py and
+    # tests/subscriptions/test_ws_limits.py test the limits with tight settings of their own.
     rate = settings.security.rate_limit
     rate.burst_size = 1500
     rate.auth_requests_per_minute, rate.auth_burst_size = 60_000_000, 1_000_000
+    rate.max_ws_connections_per_user = 100
     return settings
 
 

@@ -41,7 +41,7 @@ from aicm.http.errors import error_item, error_response
 from aicm.http.graphiql import GraphiQLPage
 from aicm.http.persisted_queries import PersistedQueries
 from aicm.http.refresh_cookie import RefreshCookie
-from aicm.http.websocket import LegacyWSHandler, TransportWSHandler
+from aicm.http.websocket import CappedWebSocketAdapter, LegacyWSHandler, TransportWSHandler
 from aicm.schema import build_schema
 from aicm.schema.context import Context, viewer_from_authorization, viewer_from_claims
 
@@ -70,6 +70,7 @@ def _transport_extensions(settings: Settings) -> list[Any]:
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
+    websocket_adapter_class = CappedWebSocketAdapter  # type: ignore[assignment]
 
     def __init__(self, settings: Settings) -> None:
         protocols = [GRAPHQL_TRANSPORT_WS_PROTOCOL]

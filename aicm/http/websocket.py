@@ -1,7 +1,13 @@
-"""WebSocket protocol handlers: Strawberry's, with our error codes, metrics and the legacy protocol's checks.
+"""WebSocket protocol handlers: Strawberry's, with our error codes, metrics, limits and the legacy protocol's
+checks.
 
 - A subscription whose stream fails (not found when it starts, access lost, fell behind) gets an ``error``
   message carrying ``extensions.code``; Strawberry would send a ``next`` with the errors, then ``complete``.
+- The limits of HTTP hold here too: a message over ``graphql.max_body_bytes`` closes the socket with 1009
+  (HTTP answers 413); every ``subscribe`` (queries and mutations included) draws from the client's rate-limit
+  bucket like an HTTP request, and passes the same query limits (schema extensions). A user holds at most
+  ``security.rate_limit.max_ws_connections_per_user`` connections (4429 beyond); one connection runs at most
+  ``graphql.max_subscriptions_per_connection`` operations at once (``RATE_LIMITED`` beyond).
 - The legacy ``graphql-ws`` protocol (off unless configured) gets the same guarantees as
   ``graphql-transport-ws``: ``connection_init`` within the timeout, and 4403 for a refused connection.
 """
@@ -10,23 +16,105 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
+from json import JSONDecodeError
 from typing import Any
 
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage as TransportInitMessage,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
+from aicm.errors import RateLimited
 from aicm.http.middleware.rate_limit import subscribe_refusal
 from aicm.metrics import WEBSOCKET_CONNECTIONS
+from aicm.ratelimit import ConnectionSlot, RateLimits
+
+MESSAGE_TOO_BIG = 1009  # RFC 6455
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
+def larger_than(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes in UTF-8; encoded only when its length cannot tell."""
+    if len(text) > limit:
+        return True
+    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+class CappedWebSocketAdapter(ASGIWebSocketAdapter):
+    """Strawberry's adapter; a message over ``graphql.max_body_bytes`` closes the socket (1009) unparsed."""
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        limit: int = self.view.max_body_bytes  # type: ignore[attr-defined]
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                text = await self.ws.receive_text()
+                if larger_than(text, limit):
+                    await self.close(MESSAGE_TOO_BIG, f"Message is larger than {limit} bytes")
+                    return
+                try:
+                    yield self.view.decode_json(text)
+                except JSONDecodeError as exc:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from exc
+        except KeyError as exc:  # a binary frame
+            raise NonTextMessageReceived from exc
+        except WebSocketDisconnect:
+            pass
+
+
+def _error_payload(error: RateLimited) -> dict[str, Any]:
+    return {"message": error.message, "extensions": {"code": error.code, **error.extensions}}
+
+
+def too_many_operations(running: int, maximum: int | None) -> dict[str, Any] | None:
+    """The error for an operation beyond ``graphql.max_subscriptions_per_connection``, else None."""
+    if maximum is None or running < maximum:
+        return None
+    message = f"Too many operations on this connection: at most {maximum} run at once"
+    return _error_payload(RateLimited(message, reason="TOO_MANY_SUBSCRIPTIONS", maximum=maximum))
+
+
+class _OneSlotPerConnection:
+    """A signed-in connection holds one of its user's ``max_ws_connections_per_user`` slots till it closes."""
+
+    context: Any
+    websocket: Any
+    _slot: tuple[RateLimits, ConnectionSlot] | None = None  # given back to the limits it came from
+
+    async def _take_slot(self) -> bool:
+        """False (and the socket closed with 4429) when the user holds every slot already."""
+        limits = self.context.runtime.rate_limits
+        user_id = self.context.viewer.user_id
+        if limits is None or user_id is None:
+            return True
+        if (slot := await limits.open_connection(user_id)) is not None:
+            self._slot = (limits, slot)
+            return True
+        maximum = limits.config.max_ws_connections_per_user
+        await self.websocket.close(
+            code=4429, reason=f"Too many connections for this user (at most {maximum})"
+        )
+        return False
+
+    async def _release_slot(self) -> None:
+        held, self._slot = self._slot, None
+        if held is not None:
+            limits, slot = held
+            await limits.close_connection(slot)
+
+
+class TransportWSHandler(_OneSlotPerConnection, BaseGraphQLTransportWSHandler[Any, Any]):
     async def handle(self) -> None:
         WEBSOCKET_CONNECTIONS.inc()
         try:
@@ -34,12 +122,41 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         finally:
             WEBSOCKET_CONNECTIONS.dec()
             self.context.close_timers()
+            await self._release_slot()
+
+    async def handle_connection_init(self, message: TransportInitMessage) -> None:
+        """Strawberry's, with the user's connection slot taken between authentication and the ack."""
+        if self.connection_timed_out:
+            return
+        if self.connection_init_timeout_task:
+            self.connection_init_timeout_task.cancel()
+        payload = message.get("payload", {})
+        if not isinstance(payload, dict):
+            await self.websocket.close(code=4400, reason="Invalid connection init payload")
+            return
+        if self.connection_init_received:
+            await self.websocket.close(code=4429, reason="Too many initialisation requests")
+            return
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        try:
+            await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError:
+            await self.websocket.close(code=4403, reason="Forbidden")
+            return
+        if not await self._take_slot():
+            return
+        await self.send_message({"type": "connection_ack"})
+        self.connection_acknowledged = True
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
-        """Each subscribe message draws from the client's rate-limit bucket (RATE_LIMITED when empty)."""
-        if self.connection_acknowledged and (refusal := await subscribe_refusal(self.context)):
-            await self.send_message({"id": message["id"], "type": "error", "payload": [refusal]})  # type: ignore[typeddict-item]
-            return
+        """Beyond the connection's operations, RATE_LIMITED; each subscribe message draws from the client's
+        rate-limit bucket (RATE_LIMITED when empty)."""
+        if self.connection_acknowledged and message["id"] not in self.operations:
+            refusal = too_many_operations(len(self.operations), self.max_subscriptions_per_connection)
+            if refusal or (refusal := await subscribe_refusal(self.context)):
+                await self.send_message({"id": message["id"], "type": "error", "payload": [refusal]})  # type: ignore[typeddict-item]
+                return
         await super().handle_subscribe(message)
 
     async def _send_result_stream(self, operation: Operation[Any, Any], result_source: Any) -> None:
@@ -58,7 +175,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
             first = False
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
+class LegacyWSHandler(_OneSlotPerConnection, BaseGraphQLWSHandler[Any, Any]):
     """``graphql-ws``, only with ``graphql.legacy_ws_protocol: true``; it still needs ``connection_init``."""
 
     init_timeout: float = 5.0
@@ -72,6 +189,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
             watchdog.cancel()
             WEBSOCKET_CONNECTIONS.dec()
             self.context.close_timers()
+            await self._release_slot()
 
     async def _require_init(self) -> None:
         await asyncio.sleep(self.init_timeout)
@@ -90,13 +208,17 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
         except ConnectionRejectionError:
             await self.websocket.close(code=4403, reason="Forbidden")
             return
+        if not await self._take_slot():
+            return
         await self.send_message({"type": "connection_ack"})
         self.connection_acknowledged = True
 
     async def handle_start(self, message: StartMessage) -> None:
-        if self.connection_acknowledged and (refusal := await subscribe_refusal(self.context)):
-            await self.send_message({"type": "error", "id": message["id"], "payload": refusal})  # type: ignore[typeddict-item]
-            return
+        if self.connection_acknowledged and message["id"] not in self.tasks:
+            refusal = too_many_operations(len(self.tasks), self.max_subscriptions_per_connection)
+            if refusal or (refusal := await subscribe_refusal(self.context)):
+                await self.send_message({"type": "error", "id": message["id"], "payload": refusal})  # type: ignore[typeddict-item]
+                return
         await super().handle_start(message)
 
     async def send_data_message(self, execution_result: ExecutionResult, operation_id: str) -> None:

@@ -126,7 +126,8 @@ async def _revoked(session_id: str) -> None:
 
 
 async def logout(services: AuthServices, viewer: Viewer) -> bool:
-    if viewer.user is None or viewer.session_id is None:
+    viewer.require_user()
+    if viewer.session_id is None:
         raise Unauthenticated()
     ended = await services.sessions.revoke(viewer.session_id)
     await _revoked(viewer.session_id)
@@ -134,16 +135,13 @@ async def logout(services: AuthServices, viewer: Viewer) -> bool:
 
 
 async def list_sessions(services: AuthServices, viewer: Viewer) -> list[SessionRecord]:
-    if viewer.user is None:
-        raise Unauthenticated()
-    return await services.sessions.list_for_user(viewer.user.id)
+    return await services.sessions.list_for_user(viewer.require_user().id)
 
 
 async def revoke_session(services: AuthServices, viewer: Viewer, session_id: str) -> bool:
-    if viewer.user is None:
-        raise Unauthenticated()
+    user = viewer.require_user()
     record = await services.sessions.get(session_id)
-    if record is None or record.user_id != viewer.user.id:
+    if record is None or record.user_id != user.id:
         raise NotFound("Session not found")
     ended = await services.sessions.revoke(session_id)
     await _revoked(session_id)
@@ -161,9 +159,8 @@ async def end_sessions(services: AuthServices, user_id: int, *, except_session_i
 
 async def revoke_all_sessions(services: AuthServices, viewer: Viewer) -> int:
     """Ends the caller's other sessions; returns how many (the current one is kept)."""
-    if viewer.user is None:
-        raise Unauthenticated()
-    return await end_sessions(services, viewer.user.id, except_session_id=viewer.session_id)
+    user = viewer.require_user()
+    return await end_sessions(services, user.id, except_session_id=viewer.session_id)
 
 
 async def change_password(services: AuthServices, viewer: Viewer, *, current: str, new: str) -> bool:
@@ -180,10 +177,18 @@ async def change_password(services: AuthServices, viewer: Viewer, *, current: st
     return True
 
 
-async def session_check(services: AuthServices, session_id: str) -> None:
-    """Refuse an access token whose session has ended (revoked, logged out, or ended by token reuse)."""
-    if await services.sessions.is_active(session_id):
-        return
+async def session_check(services: AuthServices, session_id: str, user_id: int) -> None:
+    """Refuse an access token whose session has ended (revoked, logged out, or ended by token reuse), or
+    whose session belongs to another user than the token names: a token's ``sub`` and ``sid`` must agree."""
+    record = await services.sessions.get(session_id)
+    if record is not None:
+        if record.user_id == user_id:
+            return
+        security.warning(
+            "access token names another user than its session",
+            extra={"event": "token_session_mismatch", "user_id": user_id},
+        )
+        raise Unauthenticated("Invalid access token", reason="TOKEN_INVALID")
     if await services.sessions.revocation_reason(session_id) == "reused":
         raise Unauthenticated("The session was ended: its refresh token was reused", reason="TOKEN_REUSED")
     raise Unauthenticated("The session has ended", reason="SESSION_REVOKED")

@@ -71,7 +71,7 @@ class Access:
         viewer = self.viewer
         assert viewer.user_id is not None and viewer.session_id is not None
         try:
-            await session_check(self.auth, viewer.session_id)
+            await session_check(self.auth, viewer.session_id, viewer.user_id)
             fresh = await load_viewer(viewer.user_id, viewer.session_id, viewer.ip, viewer.user_agent)
         except AppError as exc:
             lost = "Access was lost: the session or account has ended"

@@ -6,9 +6,8 @@ import re
 
 from aicm.errors import BadUserInput
 
-EMAIL_RE = re.compile(
-    r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$"
-)
+# Every pattern here validates a whole value: use ``fullmatch`` (``$`` also matches before a final newline).
+EMAIL_RE = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+")
 
 
 def no_nul(value: str, field: str) -> str:
@@ -34,20 +33,20 @@ def text(value: str, field: str, *, min_len: int = 0, max_len: int, strip: bool 
 
 def normalize_email(value: str, field: str = "email") -> str:
     email = text(value, field, min_len=1, max_len=254).lower()
-    if not EMAIL_RE.match(email):
+    if not EMAIL_RE.fullmatch(email):
         raise BadUserInput("Not a valid email address", field=field)
     return email
 
 
-SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
-ROLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_SCP_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
+SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?")
+ROLE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
 REPOSITORY_SCHEMES = ("https://", "ssh://", "git://")
 
 
 def slug(value: str, field: str = "slug") -> str:
     no_nul(value, field)
-    if not SLUG_RE.match(value):
+    if not SLUG_RE.fullmatch(value):
         raise BadUserInput(
             "A slug is 1-100 characters of a-z, 0-9 and '-', not starting or ending with '-'", field=field
         )
@@ -56,7 +55,7 @@ def slug(value: str, field: str = "slug") -> str:
 
 def role_name(value: str, field: str = "name") -> str:
     value = text(value, field, min_len=1, max_len=64)
-    if not ROLE_NAME_RE.match(value):
+    if not ROLE_NAME_RE.fullmatch(value):
         raise BadUserInput("A role name is a lower-case letter then a-z, 0-9, '_' or '-'", field=field)
     return value
 
@@ -70,7 +69,7 @@ def repository_url(value: str, field: str = "repositoryUrl") -> str:
         rest = value.split("://", 1)[1]
         if rest and not rest.startswith("/") and " " not in rest:
             return value
-    elif _SCP_RE.match(value):
+    elif _SCP_RE.fullmatch(value):
         return value
     raise BadUserInput("Repository URL must use https://, ssh:// or git://", field=field)
 

@@ -71,7 +71,7 @@ async def viewer_from_authorization(
 
 async def viewer_from_claims(runtime: Runtime, claims: AccessClaims, request: Request | WebSocket) -> Viewer:
     ip, user_agent = client_ip(request), request.headers.get("user-agent")
-    await session_check(runtime.auth, claims.session_id)
+    await session_check(runtime.auth, claims.session_id, claims.user_id)
     viewer = await load_viewer(claims.user_id, claims.session_id, ip, user_agent)
     await runtime.auth.sessions.touch(claims.session_id, ip, user_agent)
     request.state.user_id = encode_id("User", claims.user_id)  # the access log's user_id

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from aicm import models
 from tests.factories import PASSWORD, make_user
 from tests.graphql import assert_error, assert_ok, execute
+from tests.ws import GraphQLWS
 
 REGISTER = "mutation($input: RegisterInput!) { register(input: $input) { accessToken refreshToken expiresIn user { email } } }"
 LOGIN = "mutation($input: LoginInput!) { login(input: $input) { accessToken refreshToken expiresIn user { email } } }"
@@ -279,6 +280,31 @@ async def test_forged_or_misused_tokens_are_refused(app: Starlette, client: http
     status, body = await me_status(client, token)
     assert status == 401
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def _token_with_someone_elses_session(app: Starlette) -> tuple[models.User, str]:
+    """A token correctly signed for ``victim`` but carrying the live session of another user."""
+    victim, holder = await make_user(), await make_user()
+    session, _ = await app.state.runtime.auth.sessions.create(holder.id)
+    key = app.state.runtime.tokens.keys.signing_key
+    return victim, jwt.encode(_claims(app, victim, sid=session.id), key, algorithm="HS256")
+
+
+async def test_a_token_naming_another_user_than_its_session_is_refused(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    _, token = await _token_with_someone_elses_session(app)
+    status, body = await me_status(client, token)
+    assert status == 401
+    assert body["errors"][0]["extensions"] == {"code": "UNAUTHENTICATED", "reason": "TOKEN_INVALID"}
+
+
+async def test_websocket_refuses_a_token_naming_another_user_than_its_session(
+    app: Starlette, client: httpx.AsyncClient, server_url: str
+) -> None:
+    _, token = await _token_with_someone_elses_session(app)
+    ws = await GraphQLWS.open(server_url, token)
+    assert await ws.closed_with() == 4403
 
 
 async def test_no_password_or_token_is_ever_logged(

@@ -42,6 +42,7 @@ CASES = [
     (CREATE_PROJECT, project_input(slug="Not A Slug"), "slug"),
     (CREATE_PROJECT, project_input(slug="-leading"), "slug"),
     (CREATE_PROJECT, project_input(slug="ünïcode"), "slug"),
+    (CREATE_PROJECT, project_input(slug="abc\n"), "slug"),  # `$` alone would let a final newline through
     (CREATE_USER, user_input(email="not-an-email"), "email"),
     (CREATE_USER, user_input(email="a@b"), "email"),
     (CREATE_USER, user_input(email="x" * 250 + "@example.com"), "email"),
