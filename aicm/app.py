@@ -27,7 +27,7 @@ from aicm.http.middleware.publisher import PublisherMiddleware
 from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
 from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
-from aicm.logs import configure_logging
+from aicm.logs.setup import configure_logging
 from aicm.ratelimit import make_rate_limits
 from aicm.redis_pool import make_redis
 from aicm.resolvers.auth import AuthServices

@@ -133,7 +133,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from aicm.http.protocol import HTTPLimits
-    from aicm.logs import configure_logging, log_config
+    from aicm.logs.setup import configure_logging, log_config
 
     host = args.host or settings.server.host
     port = args.port or settings.server.port
@@ -179,7 +179,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings) -> int:
-    from aicm.logs import configure_logging
+    from aicm.logs.setup import configure_logging
     from aicm.runner.worker import run_worker
 
     if not settings.redis.enabled:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from aicm.connection_slots import ConnectionSlots, MemoryConnectionSlots, RedisConnectionSlots
-from aicm.logs import security_event
+from aicm.logs.setup import security_event
 from aicm.metrics import RATE_LIMIT_EXCEEDED
 
 if TYPE_CHECKING:

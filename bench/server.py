@@ -46,7 +46,7 @@ from aicm.auth.permissions import ADMIN, DEVELOPER, MEMBER, OWNER, VIEWER
 from aicm.config import Settings, load_settings
 from aicm.db import apply_migrations
 from aicm.ids import encode_cursor
-from aicm.logs import configure_logging, log_config
+from aicm.logs.setup import configure_logging, log_config
 from aicm.resolvers.projects import list_projects
 from aicm.schema.context import viewer_from_authorization
 from aicm.schema.relay import encode_id

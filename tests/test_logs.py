@@ -14,22 +14,12 @@ import pytest
 import uvicorn
 
 from aicm.config import LogFileConfig, LoggingConfig
-from aicm.logs import (
-    MEGABYTE,
-    REDACTED,
-    SECURITY_EVENTS,
-    UVICORN_LOGGERS,
-    JSONFormatter,
-    Redactor,
-    SizeAndAgeRotatingHandler,
-    bind_request,
-    configure_logging,
-    current_request_id,
-    default_event,
-    log_config,
-    reset_request,
-    security_event,
-)
+from aicm.logs.context import bind_request, current_request_id, reset_request
+from aicm.logs.formatting import JSONFormatter
+from aicm.logs.records import SECURITY_EVENTS, default_event
+from aicm.logs.redaction import REDACTED, Redactor
+from aicm.logs.rotation import MEGABYTE, SizeAndAgeRotatingHandler
+from aicm.logs.setup import UVICORN_LOGGERS, configure_logging, log_config, security_event
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJVc2VyOjEiLCJleHAiOjE3MDB9.c2lnbmF0dXJlLXBhcnQ"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -41,7 +41,7 @@ from starlette.routing import Match, Route
 from starlette_exporter import PrometheusMiddleware
 
 from aicm.http.health import database_pool, ping_database, within
-from aicm.logs import client_ip
+from aicm.logs.context import client_ip
 from aicm.metrics import (
     ACTIVE_SESSIONS,
     DATABASE_CONNECTIONS,

@@ -18,7 +18,8 @@ from starlette.routing import Route
 from aicm.config import LoggingConfig
 from aicm.http.middleware.access_log import AccessLogMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
-from aicm.logs import REDACTED, UVICORN_LOGGERS, configure_logging
+from aicm.logs.redaction import REDACTED
+from aicm.logs.setup import UVICORN_LOGGERS, configure_logging
 
 REQUEST_FIELDS = (
     "timestamp",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import httpx
@@ -22,15 +21,13 @@ from aicm.http.middleware.client_ip import ClientIPMiddleware, TrustedProxies
 from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.metrics import RATE_LIMIT_EXCEEDED
 from aicm.ratelimit import Limit, MemoryLimiter, RateLimits, RedisLimiter, client_key
-from tests.conftest import Backend, require_services
+from tests.conftest import require_services
 from tests.factories import PASSWORD, make_user, token_for
 from tests.graphql import assert_error
+from tests.http.conftest import TIGHT
 from tests.ws import GraphQLWS
 
 LOGIN = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }"
-TIGHT = RateLimitConfig(
-    requests_per_second=0.01, burst_size=3, window_size=60, auth_requests_per_minute=0.6, auth_burst_size=2
-)
 
 
 class Clock:
@@ -166,23 +163,6 @@ async def test_exempt_paths_and_disabled_limits_are_not_counted() -> None:
 
 
 # --------------------------------------------------------------------------- the app, with tight limits
-
-
-@pytest.fixture
-async def tight(app: Starlette, backend: Backend, db: None) -> AsyncIterator[RateLimits]:
-    """The session app's runtime with tiny limits (in Redis on the services backend); restored after."""
-    runtime = app.state.runtime
-    saved = runtime.rate_limits
-    limiter = (
-        RedisLimiter(runtime.redis, prefix=f"aicm-test-{uuid.uuid4().hex}:")
-        if runtime.redis
-        else MemoryLimiter()
-    )
-    runtime.rate_limits = RateLimits(TIGHT, limiter)
-    try:
-        yield runtime.rate_limits
-    finally:
-        runtime.rate_limits = saved
 
 
 def client_from(app: Starlette, ip: str) -> httpx.AsyncClient:

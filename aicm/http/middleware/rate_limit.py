@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aicm.auth.tokens import bearer_token
 from aicm.errors import AppError, RateLimited
 from aicm.http.errors import error_item, send_error
-from aicm.logs import client_ip
+from aicm.logs.context import client_ip
 from aicm.ratelimit import Decision, RateLimits, client_key
 from aicm.schema.relay import encode_id
 

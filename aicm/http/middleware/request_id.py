@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import TYPE_CHECKING
 
-from aicm.logs import bind_request, reset_request
+from aicm.logs.context import bind_request, reset_request
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,8 +27,8 @@ class RequestIdMiddleware:
     """Gives every HTTP request and WebSocket connection a request id.
 
     The id goes to ``scope["state"]["request_id"]`` (``request.state.request_id`` in Starlette), to every log
-    record emitted while the request runs (through :func:`aicm.logs.bind_request`) and to the ``X-Request-ID``
-    header of the response (and of the WebSocket accept).
+    record emitted while the request runs (through :func:`aicm.logs.context.bind_request`) and to the
+    ``X-Request-ID`` header of the response (and of the WebSocket accept).
 
     >>> app = Starlette(routes=routes, middleware=[Middleware(RequestIdMiddleware), ...])  # doctest: +SKIP
     """
