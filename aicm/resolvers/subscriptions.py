@@ -19,7 +19,6 @@ from aicm.auth.viewer import Viewer, load_viewer
 from aicm.errors import AppError, BadUserInput, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
 from aicm.resolvers.loaders import Loaders
-from aicm.resolvers.logs import lines_after
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
@@ -144,8 +143,12 @@ async def task_now(loaders: Loaders, task_id: int) -> models.Task:
 
 
 async def _stored(task_id: int, after_seq: int) -> AsyncIterator[dict[str, Any]]:
+    """Stored lines with ``seq > after_seq`` in pages (``Task.logs`` reads through ``Loaders.logs_by_task``,
+    which batches many tasks into one statement)."""
     while True:
-        rows = await lines_after(task_id, after_seq, REPLAY_PAGE)
+        rows = (
+            await models.TaskLog.filter(task_id=task_id, seq__gt=after_seq).order_by("seq").limit(REPLAY_PAGE)
+        )
         for row in rows:
             yield line_payload(row)
         if len(rows) < REPLAY_PAGE:
