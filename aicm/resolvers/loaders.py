@@ -19,6 +19,7 @@ from tortoise.expressions import Subquery
 from aicm import models
 from aicm.auth import authorization
 from aicm.auth.viewer import Viewer
+from aicm.ids import MAX_KEY
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -105,7 +106,8 @@ class Loaders:
         lines: dict[LogsKey, list[models.TaskLog]] = {key: [] for key in keys}
         for (after, size), task_ids in pages.items():
             tasks = visible.filter(id__in=task_ids).values("id")
-            rows = models.TaskLog.filter(task_id__in=Subquery(tasks), seq__gt=after, seq__lte=after + size)
+            last = min(after + size, MAX_KEY)  # seq is an int4 column: a bound past it fails on PostgreSQL
+            rows = models.TaskLog.filter(task_id__in=Subquery(tasks), seq__gt=after, seq__lte=last)
             for row in await rows.order_by("task_id", "seq"):
                 lines[(row.task_id, after, size)].append(row)  # type: ignore[attr-defined]
         return [lines[key] for key in keys]

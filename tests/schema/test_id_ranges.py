@@ -242,6 +242,7 @@ async def test_cursors_with_any_number(
 @given(after_seq=graphql_ints, first=graphql_ints)
 @example(after_seq=-(2**31), first=-(2**31))
 @example(after_seq=INT4_MAX, first=INT4_MAX)
+@example(after_seq=INT4_MAX - 1, first=100)  # the range after < seq <= after + first passes int4
 async def test_log_lines_with_any_after_seq_and_first(
     client: httpx.AsyncClient, admin: str, after_seq: int, first: int
 ) -> None:
