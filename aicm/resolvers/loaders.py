@@ -112,10 +112,11 @@ class Loaders:
         return [lines[key] for key in keys]
 
     async def _overlaps(self, ids: list[int]) -> list[list[models.Task]]:
-        """Per task, the visible unmerged tasks of its project on other branches whose stored changed paths
-        meet its own (newest first): two queries whatever the number of tasks, and no git."""
+        """Per unmerged task, the visible unmerged tasks of its project on other branches whose stored
+        changed paths meet its own (newest first): two queries whatever the number of tasks, and no git."""
         visible = await authorization.visible_tasks(self.viewer)
-        tasks = {t.id: t for t in await visible.filter(id__in=ids, changed_paths__isnull=False)}
+        mine = visible.filter(id__in=ids, changed_paths__isnull=False, merged_at__isnull=True)
+        tasks = {t.id: t for t in await mine}  # a merged task's work is in: it warns no more
         if not tasks:
             return [[] for _ in ids]
         project_ids = {t.project_id for t in tasks.values()}  # type: ignore[attr-defined]
