@@ -369,6 +369,10 @@ async def test_demo_agent_end_to_end_and_follow_up(tmp_path: Path) -> None:
     # then
     assert follow_up == RunOutcome(exit_code=0)
     assert resumed.session_id == summary.session_id
+    # and each run left a line in the worktree, so the task's branch shows a real diff
+    notes = (cwd / "AICM_DEMO.md").read_text(encoding="utf-8").splitlines()
+    assert notes[0] == "# Demo agent notes"
+    assert notes[-2:] == ["- fix the failing test", "- follow-up: now the docs"]
 
 
 async def test_demo_agent_fail_stderr_and_many_lines(tmp_path: Path) -> None:

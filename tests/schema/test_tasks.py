@@ -82,6 +82,7 @@ async def test_a_task_runs_to_success_with_its_stream_json_parsed(
     worktree = Path(app.state.runtime.settings.runner.workspace_root) / "projects" / str(project.id)
     assert (worktree / "tasks" / str(task_id)).is_dir()  # the agent ran in the task's own worktree
     assert task.branch == f"aicm/task-{task_id}" and task.head_commit and task.base_ref == "main"
+    assert task.changed_paths == ["AICM_DEMO.md"]  # the demo agent's note: a real diff
 
 
 async def test_a_non_zero_exit_fails_the_task(app: Starlette, client: httpx.AsyncClient) -> None:
