@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -14,13 +15,14 @@ import pytest
 from starlette.applications import Starlette
 
 from aicm import models
-from aicm.metrics import GIT_OPERATIONS
-from aicm.schema.relay import encode_id
+from aicm.metrics import GIT_OPERATIONS, record_git_operation
+from aicm.schema.relay import decode_id, encode_id
 from aicm.workspaces.git import Git
 from tests.factories import make_project, make_user, token_for
 from tests.graphql import assert_error, assert_ok, execute
 from tests.schema.test_tasks import finished, pk
 from tests.workspaces.helpers import Upstream, sh
+from tests.workspaces.https_remote import GitHttpsRemote
 
 AGENT = Path(__file__).resolve().parents[1] / "runner" / "fixtures" / "git_agent.py"
 
@@ -37,6 +39,13 @@ TASK = """query($id: ID!) { task(id: $id) {
   changes { filesChanged additions deletions truncated files { path status additions deletions patch } }
   overlapsWith { id }
 } }"""
+CREATE_PROJECT = """mutation($url: String!) {
+  createProject(input: {name: "Over HTTPS", repositoryUrl: $url}) { id hasCredential }
+}"""
+SET_CREDENTIAL = """mutation($p: ID!, $t: String) {
+  setProjectCredential(projectId: $p, input: {token: $t}) { hasCredential }
+}"""
+TOKEN = "ghp_ProductToken0123456789abcdefSECRET"
 LIST = "query($p: ID!) { tasks(projectId: $p, first: 50) { edges { node { changes { filesChanged } } } } }"
 
 
@@ -223,3 +232,65 @@ async def test_push_needs_a_remote_and_merge_needs_a_maintainer(
     variables = {"id": encode_id("Task", task_id), "s": "REBASE"}
     assert_error(await execute(client, MERGE, variables, token=outsider), "NOT_FOUND")
     assert assert_ok(await execute(client, MERGE, variables, token=token))["mergeTask"]["mergedAt"]
+
+
+@pytest.fixture
+def https(app: Starlette, upstream: Upstream) -> Iterator[GitHttpsRemote]:
+    """``upstream`` served over smart HTTP with TLS on loopback; the server's git trusts its certificate."""
+    with GitHttpsRemote(upstream.bare.parent, TOKEN) as server:
+        workspaces = app.state.runtime.workspaces
+        saved = workspaces.git
+        trusting = Git(
+            timeout=30, extra_env={"GIT_SSL_CAINFO": str(server.ca_file)}, on_operation=record_git_operation
+        )
+        workspaces.git = workspaces.store.git = trusting
+        try:
+            yield server
+        finally:
+            workspaces.git = workspaces.store.git = saved
+
+
+async def test_a_credential_clones_and_pushes_over_https_and_is_never_shown(
+    app: Starlette,
+    client: httpx.AsyncClient,
+    git_agent: None,
+    upstream: Upstream,
+    https: GitHttpsRemote,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = await token_for(app, await make_user())
+    created = assert_ok(await execute(client, CREATE_PROJECT, {"url": https.url("origin.git")}, token=token))
+    project_id = created["createProject"]["id"]
+    assert created["createProject"]["hasCredential"] is False
+
+    # without the credential the clone is refused, with a clear error on the task
+    project = await models.Project.get(id=decode_id(project_id, "Project"))
+    refused = await start(client, token, project, plan("No token"))
+    failed = await finished(refused)
+    assert failed.status == models.TaskStatus.FAILED and "Could not prepare the repository" in (
+        failed.error or ""
+    )
+
+    set_it = await execute(client, SET_CREDENTIAL, {"p": project_id, "t": TOKEN}, token=token)
+    assert assert_ok(set_it)["setProjectCredential"]["hasCredential"] is True
+    task_id = await start(client, token, project, plan("Over https", write={"pushed.txt": "secure\n"}))
+    task = await finished(task_id)
+    assert task.status == models.TaskStatus.SUCCEEDED, task.error
+    assert (await branch_files(upstream, f"aicm/task-{task_id}"))["pushed.txt"] == "secure\n"
+    pushed = await execute(client, PUSH, {"id": encode_id("Task", task_id)}, token=token)
+    assert assert_ok(pushed)["pushTask"]["pushedAt"]
+    assert any("git-receive-pack" in path for _, path, status in https.requests if status == 200)
+
+    # the token is nowhere: logs, errors, task lines, audit rows, the stored project row
+    stored = await models.Project.get(id=project.id)
+    assert stored.credential_kind == "token" and TOKEN not in (stored.credential_secret or "")
+    audit = await models.AuditLog.filter(target_type="Project", target_id=str(project.id)).values()
+    assert "project.set_credential" in [row["action"] for row in audit]
+    lines = await models.TaskLog.filter(task_id__in=[refused, task_id]).values_list("text", flat=True)
+    for text in [caplog.text, str(audit), failed.error or "", *map(str, lines)]:
+        assert TOKEN not in text
+
+    # clearing it is allowed, with neither value
+    cleared = await execute(client, SET_CREDENTIAL, {"p": project_id, "t": None}, token=token)
+    assert assert_ok(cleared)["setProjectCredential"]["hasCredential"] is False
