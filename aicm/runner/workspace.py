@@ -140,7 +140,13 @@ class Workspaces:
         if not self.store.exists(project.id):
             return
         repo = await self.repository(project, fetch=False)
-        await repo.resolve(base_ref)
+        try:
+            await repo.resolve(base_ref)
+        except BadUserInput:
+            if not project.repository_url:
+                raise
+            await repo.fetch(self.credential(project))  # it may be newer than our last fetch
+            await repo.resolve(base_ref)
 
     async def check_branch(self, project: models.Project, branch: str) -> None:
         """``BadUserInput`` (field defaultBranch) for an invalid name, or one the cloned repository lacks."""

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -196,6 +197,65 @@ async def test_an_unknown_base_ref_is_bad_input_and_a_tag_works(
     assert (await finished(first)).status == models.TaskStatus.SUCCEEDED  # the repository now exists here
     variables = {"p": encode_id("Project", project.id), "prompt": "x", "base": "no-such-branch"}
     assert_error(await execute(client, CREATE, variables, token=token), "BAD_USER_INPUT", field="baseRef")
+
+    # a tag made upstream after the clone is found (the check fetches once before it refuses)
+    tagged = await upstream.commit({"v2.txt": "two\n"}, "Release 2")
+    await sh(upstream.git, "tag", "v2", cwd=upstream.work)
+    await sh(upstream.git, "push", "--quiet", "origin", "v2", cwd=upstream.work)
+    await upstream.commit({"after.txt": "later\n"}, "After the release")
+    variables = {"p": encode_id("Project", project.id), "prompt": plan("From v2"), "base": "v2"}
+    task_id = pk(assert_ok(await execute(client, CREATE, variables, token=token))["createTask"]["id"])
+    assert (await finished(task_id)).status == models.TaskStatus.SUCCEEDED
+    data = await read(client, token, task_id)
+    assert (data["baseRef"], data["baseCommit"]) == ("v2", tagged)
+
+
+async def test_the_default_branch_comes_from_the_remote_and_is_settable(
+    app: Starlette, client: httpx.AsyncClient, git_agent: None, upstream: Upstream
+) -> None:
+    project, token = await world(app, upstream)
+    assert (await finished(await start(client, token, project, plan("Clone")))).status == (
+        models.TaskStatus.SUCCEEDED
+    )
+    update = "mutation($id: ID!, $b: String!) { updateProject(id: $id, input: {defaultBranch: $b}) { defaultBranch } }"
+    query = "query($id: ID!) { project(id: $id) { defaultBranch hasCredential } }"
+    variables = {"id": encode_id("Project", project.id)}
+    assert assert_ok(await execute(client, query, variables, token=token))["project"] == {
+        "defaultBranch": "main",
+        "hasCredential": False,
+    }
+    bad = await execute(client, update, variables | {"b": "no-such-branch"}, token=token)
+    assert_error(bad, "BAD_USER_INPUT", field="defaultBranch")
+    await sh(upstream.git, "push", "--quiet", "origin", "HEAD:refs/heads/develop", cwd=upstream.work)
+    await app.state.runtime.workspaces.store.open(project.id).fetch()
+    changed = await execute(client, update, variables | {"b": "develop"}, token=token)
+    assert assert_ok(changed)["updateProject"]["defaultBranch"] == "develop"
+
+
+async def test_worktrees_past_retention_are_removed_and_a_follow_up_checks_the_branch_out_again(
+    app: Starlette, client: httpx.AsyncClient, git_agent: None, upstream: Upstream
+) -> None:
+    project, token = await world(app, upstream)
+    first = await start(client, token, project, plan("Keep me", write={"kept.txt": "k\n"}))
+    assert (await finished(first)).status == models.TaskStatus.SUCCEEDED
+    workspaces = app.state.runtime.workspaces
+    path = workspaces.store.worktree_path(project.id, first)
+    assert path.is_dir()
+    await workspaces.sweep()
+    assert path.is_dir()  # not old enough yet
+
+    await models.Task.filter(id=first).update(finished_at=datetime.now(UTC) - timedelta(days=8))
+    assert await workspaces.sweep() >= 1
+    assert not path.exists()
+
+    variables = {"id": encode_id("Task", first), "prompt": plan("Again", write={"more.txt": "m\n"})}
+    follow_up = pk(assert_ok(await execute(client, FOLLOW_UP, variables, token=token))["followUpTask"]["id"])
+    assert (await finished(follow_up)).status == models.TaskStatus.SUCCEEDED
+    assert (path / "kept.txt").read_text() == "k\n"  # the branch was checked out again
+    assert [f["path"] for f in (await read(client, token, follow_up))["changes"]["files"]] == [
+        "kept.txt",
+        "more.txt",
+    ]
 
 
 async def test_listing_tasks_with_their_changes_runs_no_git(
