@@ -354,3 +354,24 @@ async def test_a_credential_clones_and_pushes_over_https_and_is_never_shown(
     # clearing it is allowed, with neither value
     cleared = await execute(client, SET_CREDENTIAL, {"p": project_id, "t": None}, token=token)
     assert assert_ok(cleared)["setProjectCredential"]["hasCredential"] is False
+
+
+async def test_recovering_a_lost_workers_task_commits_what_its_worktree_holds(
+    app: Starlette, client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    # given a task whose worker died mid-run, its worktree (on this machine) holding the agent's file
+    project, token = await world(app, upstream)
+    task = await models.Task.create(project=project, prompt="Lost\nmore", created_by_id=project.owner_id)
+    task = await models.Task.get(id=task.id).prefetch_related("project")
+    tree = await app.state.runtime.workspaces.prepare(task)
+    (tree.path / "lost.txt").write_text("saved anyway\n")
+    expired = datetime.now(UTC) - timedelta(minutes=5)
+    await models.Task.filter(id=task.id).update(status=models.TaskStatus.RUNNING, lease_expires_at=expired)
+    # when
+    await app.state.runtime.executor.recover(single_process=False)
+    # then
+    data = await read(client, token, task.id)
+    assert data["status"] == "FAILED"
+    assert [f["path"] for f in data["changes"]["files"]] == ["lost.txt"]
+    assert [c["message"] for c in data["commits"]] == ["Lost"]
+    assert (await branch_files(upstream, data["branch"]))["lost.txt"] == "saved anyway\n"
