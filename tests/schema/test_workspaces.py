@@ -375,3 +375,17 @@ async def test_recovering_a_lost_workers_task_commits_what_its_worktree_holds(
     assert [f["path"] for f in data["changes"]["files"]] == ["lost.txt"]
     assert [c["message"] for c in data["commits"]] == ["Lost"]
     assert (await branch_files(upstream, data["branch"]))["lost.txt"] == "saved anyway\n"
+
+
+async def test_deleting_a_project_removes_its_repository_and_worktrees(
+    app: Starlette, client: httpx.AsyncClient, git_agent: None, upstream: Upstream
+) -> None:
+    project, token = await world(app, upstream)
+    assert (await finished(await start(client, token, project, plan("Work")))).status == (
+        models.TaskStatus.SUCCEEDED
+    )
+    directory = app.state.runtime.workspaces.store.project_dir(project.id)
+    assert (directory / "repo.git").is_dir()
+    delete = "mutation($id: ID!) { deleteProject(id: $id) }"
+    assert assert_ok(await execute(client, delete, {"id": encode_id("Project", project.id)}, token=token))
+    assert not directory.exists()
