@@ -34,6 +34,7 @@ from aicm.resolvers.auth import AuthServices
 from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
+from aicm.runner.workspace import Workspaces
 from aicm.runtime import Runtime
 from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.factory import make_broker
@@ -54,7 +55,8 @@ def build_app(settings: Settings) -> Starlette:
             publisher = Publisher(broker)
             stack.enter_context(installed(publisher))  # for the tasks the lifespan starts (embedded runner)
             await stack.enter_async_context(metrics.sampling())
-            executor, dispatcher = await _task_runner(settings, broker, redis is None, stack)
+            workspaces = Workspaces(settings)
+            executor, dispatcher = await _task_runner(settings, broker, workspaces, redis is None, stack)
             auth = AuthServices(
                 tokens=TokenService(load_keys(settings), settings.jwt),
                 sessions=make_session_store(settings, redis),
@@ -69,6 +71,7 @@ def build_app(settings: Settings) -> Starlette:
                 dispatcher=dispatcher,
                 redis=redis,
                 executor=executor,
+                workspaces=workspaces,
                 rate_limits=make_rate_limits(settings, redis),
             )
             _freeze_startup_objects()
@@ -112,14 +115,18 @@ def _security_middleware(settings: Settings) -> list[Middleware]:
 
 
 async def _task_runner(
-    settings: Settings, broker: Broker, single_process: bool, stack: contextlib.AsyncExitStack
+    settings: Settings,
+    broker: Broker,
+    workspaces: Workspaces,
+    single_process: bool,
+    stack: contextlib.AsyncExitStack,
 ) -> tuple[TaskExecutor | None, TaskDispatcher]:
     """``runner.embedded``: this process runs tasks; otherwise they go to ``aicli-api worker`` processes."""
     if not settings.runner.embedded:
         queue = make_queue(settings)
         stack.push_async_callback(queue.disconnect)
         return None, QueueDispatcher(queue, broker)
-    executor = TaskExecutor(settings, broker)
+    executor = TaskExecutor(settings, broker, workspaces=workspaces)
     await executor.start(single_process=single_process)
     stack.push_async_callback(executor.close)
     return executor, LocalDispatcher(executor)

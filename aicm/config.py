@@ -168,6 +168,9 @@ class SecurityConfig:
     cors: CORSConfig = field(default_factory=CORSConfig)
     hsts: HSTSConfig = field(default_factory=HSTSConfig)
     refresh_cookie: RefreshCookieConfig = field(default_factory=RefreshCookieConfig)
+    # Encrypts repository credentials at rest (AICM_ENCRYPTION_KEY); empty outside production = a key
+    # generated into <data_dir>/encryption_key. Required in production.
+    encryption_key: str = field(default="", repr=False)
 
 
 @dataclass
@@ -228,6 +231,10 @@ class RunnerConfig:
     embedded: bool = True
     env: dict[str, str] = field(default_factory=dict)
     shutdown_grace: float = 30.0  # on SIGTERM, how long running tasks may still finish (then: FAILED)
+    allow_local_repositories: bool | None = None  # None: on, except when app.env is production
+    worktree_retention: float = 7 * 86_400.0  # a finished task's worktree is removed then; its branch stays
+    max_patch_bytes: int = 256 * 1024  # the stored patches of a task's changes, all files together
+    git_timeout: float = 300.0  # one git command (clone, fetch, push, diff...)
 
 
 @dataclass
@@ -280,6 +287,11 @@ class Settings:
         return value if value is not None else not self.is_production
 
     @property
+    def local_repositories_allowed(self) -> bool:
+        value = self.runner.allow_local_repositories
+        return value if value is not None else not self.is_production
+
+    @property
     def graphiql_enabled(self) -> bool:
         return self.graphql.graphiql if self.graphql.graphiql is not None else not self.is_production
 
@@ -305,6 +317,8 @@ DURATION_FIELDS = frozenset(
         "auth.lockout_duration",
         "runner.timeout",
         "runner.shutdown_grace",
+        "runner.worktree_retention",
+        "runner.git_timeout",
     }
 )
 
@@ -315,6 +329,7 @@ ENV_OVERRIDES = {
     "JWT_SECRET": "jwt.secret",
     "APP_ENV": "app.env",
     "LOG_LEVEL": "logging.level",
+    "AICM_ENCRYPTION_KEY": "security.encryption_key",
 }
 
 _DB_SCHEMES = ("sqlite://", "postgres://", "postgresql://", "asyncpg://")
@@ -515,6 +530,9 @@ def _check_auth_and_runner(s: Settings, problems: _Problems) -> None:
         problems.append("runner.command: must be a non-empty list of strings")
     problems.at_least("runner.max_concurrent", s.runner.max_concurrent, 1)
     problems.at_least("runner.shutdown_grace", s.runner.shutdown_grace, 0)
+    problems.positive("runner.worktree_retention", s.runner.worktree_retention)
+    problems.at_least("runner.max_patch_bytes", s.runner.max_patch_bytes, 1024)
+    problems.positive("runner.git_timeout", s.runner.git_timeout)
     if not s.runner.embedded and not s.redis.enabled:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
 
@@ -549,6 +567,8 @@ def _check_production(s: Settings, problems: _Problems) -> None:
         problems.append(f"database.ssl_mode: 'disable' is not allowed in production (database host {host!r})")
     if "*" in s.security.cors.allowed_origins:
         problems.append("security.cors.allowed_origins: '*' is not allowed in production")
+    if len(s.security.encryption_key) < 32:
+        problems.append("security.encryption_key: must be at least 32 characters in production")
 
 
 _OAUTH_URL_FIELDS = ("redirect_url", "server_metadata_url", "authorize_url", "token_url", "api_base_url")

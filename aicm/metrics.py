@@ -82,3 +82,18 @@ WORKERS_LIVE = Gauge(
     multiprocess_mode="livemostrecent",
 )
 RATE_LIMIT_EXCEEDED = Counter("rate_limit_exceeded_total", "Requests refused by the rate limiter", ["scope"])
+GIT_OPERATIONS = Counter(
+    "aicm_git_operations_total", "git commands run, by operation and result", ["op", "result"]
+)
+GIT_DURATION = Histogram(
+    "aicm_git_operation_duration_seconds",
+    "Duration of git commands",
+    ["op"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+def record_git_operation(op: str, result: str, seconds: float) -> None:
+    """``Git(on_operation=...)``: one git command ended."""
+    GIT_OPERATIONS.labels(op, result).inc()
+    GIT_DURATION.labels(op).observe(seconds)

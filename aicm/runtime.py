@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aicm.resolvers.auth import AuthServices
     from aicm.runner.dispatch import TaskDispatcher
     from aicm.runner.executor import TaskExecutor
+    from aicm.runner.workspace import Workspaces
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Runtime:
     broker: Broker
     publisher: Publisher  # installed per request by http/middleware/publisher.py
     dispatcher: TaskDispatcher
+    workspaces: Workspaces  # the process's project repositories and task worktrees
     redis: Redis | None = None  # None = the embedded default (in-process broker and stores)
     executor: TaskExecutor | None = None  # None when tasks run in separate workers
     rate_limits: RateLimits | None = None  # None = nothing is rate limited (security.rate_limit)

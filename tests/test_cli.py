@@ -42,6 +42,8 @@ def test_version_prints_and_exits_zero(tmp_path: Path) -> None:
 def test_config_check_accepts_the_guides_config_with_its_env_file(tmp_path: Path) -> None:
     # given the guide's .env in the working directory, as an operator would have it
     shutil.copy(FIXTURES / "guide.env", tmp_path / ".env")
+    with (tmp_path / ".env").open("a") as env:  # the guide predates repository credentials and their key
+        env.write("AICM_ENCRYPTION_KEY=" + "k" * 43 + "\n")
     # when
     result = run(["--config-check", "--config", str(FIXTURES / "guide-config.yaml")], tmp_path)
     # then

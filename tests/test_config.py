@@ -32,6 +32,8 @@ def _guide_env() -> dict[str, str]:
 
 
 GUIDE_ENV = _guide_env()
+# The guide predates repository credentials; production also needs their key (security.encryption_key).
+GUIDE_PRODUCTION_ENV = {**GUIDE_ENV, "AICM_ENCRYPTION_KEY": "k" * 43}
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -107,14 +109,15 @@ def assert_guide_values(s: Settings) -> None:
 
 
 def test_guide_yaml_loads_with_guide_environment(tmp_path):
-    s = load_settings(GUIDE_YAML, environ=GUIDE_ENV, cwd=tmp_path)
+    s = load_settings(GUIDE_YAML, environ=GUIDE_PRODUCTION_ENV, cwd=tmp_path)
     assert_guide_values(s)
     assert s.config_path == GUIDE_YAML
 
 
 def test_guide_yaml_loads_with_guide_dotenv_file(tmp_path):
     (tmp_path / ".env").write_text((FIXTURES / "guide.env").read_text(encoding="utf-8"), encoding="utf-8")
-    assert_guide_values(load_settings(GUIDE_YAML, environ={}, cwd=tmp_path))
+    environ = {"AICM_ENCRYPTION_KEY": "k" * 43}  # see GUIDE_PRODUCTION_ENV
+    assert_guide_values(load_settings(GUIDE_YAML, environ=environ, cwd=tmp_path))
 
 
 def test_guide_yaml_without_its_variables_lists_each_one(tmp_path):
@@ -371,7 +374,7 @@ def test_optional_booleans(tmp_path):
 
 
 def test_production_turns_off_introspection_unless_set_explicitly(tmp_path):
-    env = {"APP_ENV": "production", "JWT_SECRET": "x" * 32}
+    env = {"APP_ENV": "production", "JWT_SECRET": "x" * 32, "AICM_ENCRYPTION_KEY": "e" * 32}
     s = load(tmp_path, "graphql: {introspection: true}\n", env)
     assert s.introspection_enabled and not s.graphiql_enabled and not s.auto_migrate
 
@@ -606,16 +609,38 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 # --------------------------------------------------------------------------- production rules
 
-PROD = {"APP_ENV": "production", "JWT_SECRET": "p" * 32}
+PROD = {"APP_ENV": "production", "JWT_SECRET": "p" * 32, "AICM_ENCRYPTION_KEY": "e" * 32}
 
 
 def test_production_minimal_is_valid(tmp_path):
     assert load(tmp_path, "", PROD).is_production
 
 
+@pytest.mark.parametrize("key", ["", "short"])
+def test_production_needs_an_encryption_key(tmp_path, key):
+    env = {**PROD, "AICM_ENCRYPTION_KEY": key}
+    expected = ["security.encryption_key: must be at least 32 characters in production"]
+    assert problems_of(tmp_path, f"security: {{encryption_key: '{key}'}}\n", env) == expected
+
+
+def test_repository_settings_have_their_defaults_and_checks(tmp_path):
+    s = load(tmp_path, "")
+    assert s.local_repositories_allowed and s.runner.worktree_retention == 7 * 86400
+    assert (s.runner.max_patch_bytes, s.runner.git_timeout) == (256 * 1024, 300.0)
+    assert not load(tmp_path, "", PROD).local_repositories_allowed
+    s = load(
+        tmp_path, "runner: {worktree_retention: 2h, git_timeout: 30s, allow_local_repositories: false}\n"
+    )
+    assert (s.runner.worktree_retention, s.runner.git_timeout) == (7200.0, 30.0)
+    assert not s.local_repositories_allowed
+    problems = problems_of(tmp_path, "runner: {max_patch_bytes: 10, worktree_retention: 0}\n", {})
+    assert "runner.max_patch_bytes: must be at least 1024, got 10" in problems
+    assert "runner.worktree_retention: must be greater than 0, got 0" in problems
+
+
 @pytest.mark.parametrize("secret", ["", "short", "x" * 31])
 def test_production_needs_a_long_jwt_secret(tmp_path, secret):
-    env = {"APP_ENV": "production"}
+    env = {"APP_ENV": "production", "AICM_ENCRYPTION_KEY": "e" * 32}
     text = f"jwt: {{secret: '{secret}'}}\n"
     assert problems_of(tmp_path, text, env) == ["jwt.secret: must be at least 32 characters in production"]
 
@@ -623,7 +648,7 @@ def test_production_needs_a_long_jwt_secret(tmp_path, secret):
 def test_short_secret_is_fine_outside_production_and_for_rs256(tmp_path):
     load(tmp_path, "jwt: {secret: short}\n")
     text = "jwt: {algorithm: RS256, private_key_file: a.pem, public_key_file: b.pem}\n"
-    assert load(tmp_path, text, {"APP_ENV": "production"}).jwt.secret == ""
+    assert load(tmp_path, text, {"APP_ENV": "production", "AICM_ENCRYPTION_KEY": "e" * 32}).jwt.secret == ""
 
 
 @pytest.mark.parametrize(
@@ -701,6 +726,7 @@ def test_production_problems_are_reported_together(tmp_path):
     problems = problems_of(tmp_path, text, {"APP_ENV": "production"})
     assert {p.split(":", 1)[0] for p in problems} == {
         "jwt.secret",
+        "security.encryption_key",
         "database.ssl_mode",
         "security.cors.allowed_origins",
         "security.cors.allow_credentials",
@@ -843,7 +869,7 @@ def _has_path(tree: object, parts: list[str]) -> bool:
 
 
 def test_example_config_loads_with_the_guide_environment(tmp_path):
-    s = load_settings(EXAMPLE_YAML, environ=GUIDE_ENV, cwd=tmp_path)
+    s = load_settings(EXAMPLE_YAML, environ=GUIDE_PRODUCTION_ENV, cwd=tmp_path)
     assert s.is_production and s.database.driver == "postgres"
     assert s.database.password == GUIDE_ENV["DATABASE_PASSWORD"]
     assert s.oauth["google"].client_id == GUIDE_ENV["GOOGLE_CLIENT_ID"]
@@ -892,7 +918,7 @@ def test_hardening_defaults(tmp_path):
 
 
 def test_suggestions_are_off_in_production_unless_set(tmp_path):
-    env = {"APP_ENV": "production", "JWT_SECRET": "p" * 32}
+    env = PROD
     assert not load(tmp_path, "", env).suggestions_enabled
     assert load(tmp_path, "graphql: {suggestions: true}\n", env).suggestions_enabled
 

@@ -174,6 +174,27 @@ async def require_cancel(viewer: Viewer, task: models.Task) -> None:
     )
 
 
+async def require_push(viewer: Viewer, task: models.Task) -> None:
+    """CONTRACT §8: the task's creator (with ``task:create``), or maintainer+ (``project:update``)."""
+    viewer.require_user()
+    if await can(viewer, Permission.PROJECT_UPDATE, task.project):
+        return
+    own = task.created_by_id == viewer.user_id  # type: ignore[attr-defined]
+    if own and await can(viewer, Permission.TASK_CREATE, task.project):
+        return
+    raise deny(viewer, Permission.PROJECT_UPDATE if not own else Permission.TASK_CREATE, f"Task:{task.id}")
+
+
+async def require_merge(viewer: Viewer, task: models.Task) -> None:
+    """Merging into the base branch (and pushing it) is the maintainers' call: ``project:update``."""
+    await require(viewer, Permission.PROJECT_UPDATE, task.project)
+
+
+async def require_credential_manage(viewer: Viewer, project: models.Project) -> None:
+    """Repository credentials are set by maintainer+ (``project:update``)."""
+    await require(viewer, Permission.PROJECT_UPDATE, project)
+
+
 # --- members and owners ------------------------------------------------------------------------------------
 
 

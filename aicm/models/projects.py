@@ -19,6 +19,10 @@ class Project(Model):
     slug = fields.CharField(max_length=100, unique=True)
     description = fields.TextField(default="")
     repository_url = fields.CharField(max_length=500, default="")
+    default_branch = fields.CharField(max_length=255, null=True)  # from the remote's HEAD; settable
+    # The repository credential, encrypted (aicm/crypto.py); kind is "token" or "ssh_key", null when none.
+    credential_kind = fields.CharField(max_length=16, null=True)
+    credential_secret = fields.TextField(null=True)
     status = fields.CharEnumField(ProjectStatus, max_length=16, default=ProjectStatus.ACTIVE, db_index=True)
     # One of the members holding an owner role; kept pointing at a current owner.
     owner = fields.ForeignKeyField(

@@ -38,6 +38,17 @@ class Task(Model):
     worker_id = fields.CharField(max_length=128, null=True)  # the process running it
     lease_expires_at = fields.DatetimeField(null=True)  # a worker renews it while the task runs
     cancel_requested = fields.BooleanField(default=False)
+    # Its git branch (CONTRACT §8): made from base_ref at base_commit; head_commit, commits and changes are
+    # stored when a run ends, so reading them runs no git.
+    branch = fields.CharField(max_length=255, null=True)
+    base_ref = fields.CharField(max_length=255, null=True)
+    base_commit = fields.CharField(max_length=64, null=True)
+    head_commit = fields.CharField(max_length=64, null=True)
+    commits: list | None = fields.JSONField(null=True)  # type: ignore[assignment]
+    changes: str | None = fields.TextField(null=True)  # type: ignore[assignment]  # TaskChanges.to_json()
+    changed_paths: list | None = fields.JSONField(null=True)  # type: ignore[assignment]  # for overlapsWith
+    pushed_at = fields.DatetimeField(null=True)
+    merged_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     started_at = fields.DatetimeField(null=True)
     finished_at = fields.DatetimeField(null=True)

@@ -57,6 +57,7 @@ class Loaders:
         self.viewer_role_by_project_id: DataLoader[int, models.Role | None] = _loader(self._viewer_roles)
         self.role_by_id: DataLoader[int, models.Role | None] = _loader(self._roles)
         self.system_roles_by_user_id: DataLoader[int, list[models.Role]] = _loader(self._system_roles)
+        self.overlaps_by_task: DataLoader[int, list[models.Task]] = _loader(self._overlaps)
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
@@ -111,6 +112,34 @@ class Loaders:
             for row in await rows.order_by("task_id", "seq"):
                 lines[(row.task_id, after, size)].append(row)  # type: ignore[attr-defined]
         return [lines[key] for key in keys]
+
+    async def _overlaps(self, ids: list[int]) -> list[list[models.Task]]:
+        """Per unmerged task, the visible unmerged tasks of its project on other branches whose stored
+        changed paths meet its own (newest first): two queries whatever the number of tasks, and no git."""
+        visible = await authorization.visible_tasks(self.viewer)
+        mine = visible.filter(id__in=ids, changed_paths__isnull=False, merged_at__isnull=True)
+        tasks = {t.id: t for t in await mine}  # a merged task's work is in: it warns no more
+        if not tasks:
+            return [[] for _ in ids]
+        project_ids = {t.project_id for t in tasks.values()}  # type: ignore[attr-defined]
+        candidates = await visible.filter(
+            project_id__in=project_ids, merged_at__isnull=True, changed_paths__isnull=False
+        ).order_by("-id")
+        found: list[list[models.Task]] = []
+        for task_id in ids:
+            task = tasks.get(task_id)
+            paths = set(task.changed_paths or []) if task else set()
+            found.append(
+                [
+                    other
+                    for other in candidates
+                    if task is not None
+                    and other.project_id == task.project_id  # type: ignore[attr-defined]
+                    and other.branch != task.branch
+                    and paths.intersection(other.changed_paths or [])
+                ]
+            )
+        return found
 
     async def _viewer_roles(self, project_ids: list[int]) -> list[models.Role | None]:
         roles = (authorization.project_role(self.viewer, project_id) for project_id in project_ids)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
@@ -19,6 +19,10 @@ from aicm.resolvers.pagination import Page, paginate
 from aicm.resolvers.unit_of_work import UnitOfWork, unit_of_work
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.events import ProjectEventType
+from aicm.workspaces.credentials import Credential
+
+if TYPE_CHECKING:
+    from aicm.runner.workspace import Workspaces
 
 SLUG_ATTEMPTS = 5
 
@@ -63,13 +67,19 @@ async def _ensure_name_free(owner_id: int, name: str, except_id: int = 0) -> Non
 
 
 async def create_project(
-    viewer: Viewer, *, name: str, description: str, repository_url: str, slug: str | None = None
+    viewer: Viewer,
+    workspaces: Workspaces,
+    *,
+    name: str,
+    description: str,
+    repository_url: str,
+    slug: str | None = None,
 ) -> models.Project:
     user = viewer.require_user()
     authorization.require_system(viewer, Permission.PROJECT_CREATE)
     name = validation.text(name, "name", min_len=1, max_len=100)
     description = validation.text(description, "description", max_len=2000)
-    repository_url = validation.repository_url(repository_url)
+    repository_url = workspaces.validate_url(validation.text(repository_url, "repositoryUrl", max_len=500))
     wanted = validation.slug(slug) if slug is not None else None
     await _ensure_name_free(user.id, name)
     if wanted and await models.Project.filter(slug=wanted).exists():
@@ -99,7 +109,14 @@ async def create_project(
 
 
 async def update_project(
-    viewer: Viewer, project_id: int, *, name: str | None, description: str | None, repository_url: str | None
+    viewer: Viewer,
+    workspaces: Workspaces,
+    project_id: int,
+    *,
+    name: str | None,
+    description: str | None,
+    repository_url: str | None,
+    default_branch: str | None = None,
 ) -> models.Project:
     project = await get_project(viewer, project_id)
     await authorization.require(viewer, Permission.PROJECT_UPDATE, project)
@@ -111,7 +128,12 @@ async def update_project(
     if description is not None:
         changes["description"] = validation.text(description, "description", max_len=2000)
     if repository_url is not None:
-        changes["repository_url"] = validation.repository_url(repository_url)
+        url = validation.text(repository_url, "repositoryUrl", max_len=500)
+        changes["repository_url"] = workspaces.validate_url(url)
+    if default_branch is not None:
+        branch = validation.text(default_branch, "defaultBranch", min_len=1, max_len=255)
+        await workspaces.check_branch(project, branch)
+        changes["default_branch"] = branch
     if changes:
         async with unit_of_work(viewer) as uow:
             await project.update_from_dict(changes).save(using_db=uow.connection)
@@ -138,7 +160,31 @@ async def archive_project(viewer: Viewer, project_id: int) -> models.Project:
     return project
 
 
-async def delete_project(viewer: Viewer, project_id: int) -> bool:
+async def set_project_credential(
+    viewer: Viewer,
+    workspaces: Workspaces,
+    project_id: int,
+    *,
+    token: str | None,
+    ssh_private_key: str | None,
+) -> models.Project:
+    """Store (encrypted) or, with neither value, clear the project's repository credential (write-only)."""
+    project = await get_project(viewer, project_id)
+    await authorization.require_credential_manage(viewer, project)
+    kind: str | None = None
+    sealed: str | None = None
+    if token is not None or ssh_private_key is not None:
+        kind, sealed = workspaces.seal(project.id, Credential(token=token, ssh_private_key=ssh_private_key))
+    async with unit_of_work(viewer) as uow:
+        project.credential_kind, project.credential_secret = kind, sealed
+        await project.save(
+            using_db=uow.connection, update_fields=["credential_kind", "credential_secret", "updated_at"]
+        )
+        await uow.audit("project.set_credential" if kind else "project.clear_credential", project, kind=kind)
+    return project
+
+
+async def delete_project(viewer: Viewer, workspaces: Workspaces, project_id: int) -> bool:
     project = await get_project(viewer, project_id)
     await authorization.require(viewer, Permission.PROJECT_DELETE, project)
     async with unit_of_work(viewer) as uow:
@@ -149,6 +195,7 @@ async def delete_project(viewer: Viewer, project_id: int) -> bool:
             channels.project(project_id),
             events.project_event(ProjectEventType.PROJECT_DELETED, project, viewer),
         )
+    await workspaces.remove(project_id)  # its repository and worktrees; the id is never reused
     return True
 
 

@@ -1,4 +1,5 @@
-"""Tasks: starting AI coding runs, following them up, cancelling them, and reading their logs."""
+"""Tasks: starting AI coding runs, following them up, cancelling them, reading their logs and changes,
+pushing and merging their branches."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from aicm.resolvers import validation
 from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.pagination import Page, page_size, paginate
 from aicm.resolvers.unit_of_work import unit_of_work
+from aicm.runner.workspace import Workspaces, identity_of
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.events import ProjectEventType
+from aicm.workspaces.changes import Commit, TaskChanges
+from aicm.workspaces.merging import MergeStrategy
 
 if TYPE_CHECKING:
     from aicm.runner.dispatch import TaskDispatcher
@@ -54,6 +58,9 @@ async def _start(
     project: models.Project,
     prompt: str,
     parent: models.Task | None,
+    *,
+    workspaces: Workspaces | None = None,
+    base_ref: str | None = None,
 ) -> models.Task:
     user = viewer.require_user()
     await authorization.require(viewer, Permission.TASK_CREATE, project)
@@ -62,12 +69,16 @@ async def _start(
         raise BadUserInput("'prompt' must not be empty", field="prompt")
     if project.status != models.ProjectStatus.ACTIVE:
         raise Conflict("The project is archived", field="projectId")
+    if base_ref is not None and workspaces is not None:
+        base_ref = validation.text(base_ref, "baseRef", min_len=1, max_len=255)
+        await workspaces.check_base_ref(project, base_ref)  # else checked when it runs
     async with unit_of_work(viewer) as uow:
         task = await models.Task.create(
             project=project,
             created_by=user,
             prompt=prompt,
             parent_id=parent.id if parent else None,
+            base_ref=base_ref,
             using_db=uow.connection,
         )
         await uow.audit(
@@ -81,10 +92,17 @@ async def _start(
 
 
 async def create_task(
-    viewer: Viewer, dispatcher: TaskDispatcher, *, project_id: int, prompt: str
+    viewer: Viewer,
+    dispatcher: TaskDispatcher,
+    workspaces: Workspaces,
+    *,
+    project_id: int,
+    prompt: str,
+    base_ref: str | None = None,
 ) -> models.Task:
+    """A new task on a new branch from ``base_ref`` (default: the project's default branch)."""
     project = await authorization.get_visible_project(viewer, project_id)
-    return await _start(viewer, dispatcher, project, prompt, None)
+    return await _start(viewer, dispatcher, project, prompt, None, workspaces=workspaces, base_ref=base_ref)
 
 
 async def follow_up_task(
@@ -122,3 +140,41 @@ async def task_logs(
     if after_seq < 0:
         raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
     return await loaders.logs_by_task.load((task_id, after_seq, page_size(first)))
+
+
+async def push_task(viewer: Viewer, workspaces: Workspaces, task_id: int) -> models.Task:
+    """Push the task's branch to the project's remote."""
+    task = await get_task(viewer, task_id)
+    await authorization.require_push(viewer, task)
+    await workspaces.push(task)
+    async with unit_of_work(viewer) as uow:
+        await uow.audit("task.push", task, branch=task.branch)
+    return await models.Task.get(id=task.id).prefetch_related("project")
+
+
+async def merge_task(
+    viewer: Viewer, workspaces: Workspaces, task_id: int, *, strategy: MergeStrategy
+) -> models.Task:
+    """Merge the task's branch into its base branch; ``CONFLICT`` (nothing changed) when it does not apply."""
+    task = await get_task(viewer, task_id)
+    await authorization.require_merge(viewer, task)
+    if task.status not in models.FINISHED:
+        raise Conflict("The task is still running; merge it once it has ended", field="id")
+    user = viewer.require_user()
+    await workspaces.merge(task, strategy, identity_of(user))
+    async with unit_of_work(viewer) as uow:
+        await uow.audit("task.merge", task, branch=task.branch, into=task.base_ref, strategy=str(strategy))
+    return await models.Task.get(id=task.id).prefetch_related("project")
+
+
+def stored_changes(task: models.Task) -> TaskChanges | None:
+    """What the task's branch changed, as stored when its last run ended (no git runs here)."""
+    return TaskChanges.from_json(task.changes) if task.changes else None
+
+
+def stored_commits(task: models.Task) -> list[Commit]:
+    return [Commit.from_dict(item) for item in task.commits or []]
+
+
+async def overlapping_tasks(loaders: Loaders, task_id: int) -> list[models.Task]:
+    return await loaders.overlaps_by_task.load(task_id)

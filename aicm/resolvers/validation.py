@@ -40,8 +40,6 @@ def normalize_email(value: str, field: str = "email") -> str:
 
 SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?")
 ROLE_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-_SCP_RE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
-REPOSITORY_SCHEMES = ("https://", "ssh://", "git://")
 
 
 def slug(value: str, field: str = "slug") -> str:
@@ -58,20 +56,6 @@ def role_name(value: str, field: str = "name") -> str:
     if not ROLE_NAME_RE.fullmatch(value):
         raise BadUserInput("A role name is a lower-case letter then a-z, 0-9, '_' or '-'", field=field)
     return value
-
-
-def repository_url(value: str, field: str = "repositoryUrl") -> str:
-    """https://, ssh://, git:// URLs, or the scp-like ssh form ``git@host:org/repo.git``; empty clears it."""
-    value = text(value, field, max_len=500)
-    if not value:
-        return value
-    if value.startswith(REPOSITORY_SCHEMES):
-        rest = value.split("://", 1)[1]
-        if rest and not rest.startswith("/") and " " not in rest:
-            return value
-    elif _SCP_RE.fullmatch(value):
-        return value
-    raise BadUserInput("Repository URL must use https://, ssh:// or git://", field=field)
 
 
 def search(value: str | None, field: str = "search") -> str | None:

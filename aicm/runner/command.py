@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 __all__ = [
     "ENV_ALLOWED_NAMES",
@@ -21,9 +20,7 @@ __all__ = [
     "PYTHON_PLACEHOLDER",
     "SESSION_ID_PATTERN",
     "build_argv",
-    "ensure_workspace",
     "scrubbed_env",
-    "workspace_dir",
 ]
 
 PROMPT_PLACEHOLDER = "{prompt}"
@@ -33,7 +30,6 @@ PYTHON_PLACEHOLDER = "{python}"  # an element that is exactly this runs the serv
 ENV_ALLOWED_NAMES = frozenset({"PATH", "HOME", "LANG", "TERM", "TZ"})
 ENV_ALLOWED_PREFIXES = ("LC_",)
 
-_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
 # Claude session ids are UUIDs; allow any plain token, but nothing an argument parser could read as an option.
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -95,25 +91,3 @@ def scrubbed_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[s
             raise ValueError(f"runner.env.{name}: must not contain NUL characters")
         env[name] = str(value)
     return env
-
-
-def workspace_dir(root: str | Path, slug: str) -> Path:
-    """``<root>/<slug>``, resolved; it does not create it (see ``ensure_workspace``).
-
-    Raises ValueError unless ``slug`` matches ``^[a-z0-9][a-z0-9-]{0,99}$`` and the resolved path is a direct
-    child of the resolved root (a symlink planted at ``<root>/<slug>`` that points elsewhere is refused).
-    """
-    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
-        raise ValueError(f"not a valid project slug for a workspace: {slug!r}")
-    base = Path(root).expanduser().resolve()
-    path = (base / slug).resolve()
-    if path.parent != base:
-        raise ValueError(f"workspace for {slug!r} resolves outside {base}")
-    return path
-
-
-def ensure_workspace(root: str | Path, slug: str) -> Path:
-    """``workspace_dir(root, slug)``, created (with its parents) when missing."""
-    path = workspace_dir(root, slug)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -8,7 +8,8 @@ Configure it as the runner command (the interpreter must be the one aicm is inst
       env: {AICM_DEMO_DELAY: "0.05"}   # seconds between lines; runner.env is how it reaches the agent
 
 It accepts the Claude flags the server passes (``-p``, ``--output-format``, ``--verbose``, ``--resume ID``)
-and ignores the others. It reads the workspace (lists its entries) but never changes it.
+and ignores the others. It lists the workspace (the task's git worktree) and appends one line for the prompt
+to ``NOTES_FILE`` there, so every demo task has a real diff on its branch.
 
 Words in the prompt steer it, for tests and demos:
 
@@ -38,6 +39,7 @@ VERSION = "1.0.0 (AICM demo agent)"
 DEFAULT_DELAY = 0.05
 MAX_EXTRA_LINES = 1_000_000
 MAX_SLEEP = 3600.0
+NOTES_FILE = "AICM_DEMO.md"
 LISTED_ENTRIES = 20
 
 # Claude flags that take a value; the value must not be mistaken for the prompt.
@@ -198,6 +200,18 @@ def _listing(path: str) -> str:
     return "\n".join(names + ([f"... and {more} more"] if more > 0 else []))
 
 
+def _add_note(cwd: str, prompt: str, *, follow_up: bool) -> str:
+    """Append a line about this run to the notes file (made with a heading the first time); the line."""
+    path = os.path.join(cwd, NOTES_FILE)
+    line = f"- {'follow-up: ' if follow_up else ''}{_short(' '.join(prompt.split()), 120)}\n"
+    new = not os.path.exists(path)
+    with open(path, "a", encoding="utf-8") as notes:
+        if new:
+            notes.write("# Demo agent notes\n\nOne line per demo run (aicm.runner.demo_agent).\n\n")
+        notes.write(line)
+    return line
+
+
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -231,6 +245,9 @@ def run(options: Options) -> int:
     keyword = next((word for word in prompt.split() if len(word) > 3 and ":" not in word), "main")
     out.tool("Grep", {"pattern": keyword, "path": "."}, f"No matches found for {keyword!r} (demo agent)")
 
+    note = _add_note(cwd, prompt, follow_up=options.resume is not None)
+    out.tool("Edit", {"file_path": NOTES_FILE, "new_string": note}, f"Appended a line to {NOTES_FILE}")
+
     if steer["stderr"]:
         sys.stderr.write("demo-agent: warning: this line was written to stderr on request\n")
         sys.stderr.flush()
@@ -250,7 +267,7 @@ def run(options: Options) -> int:
     if failed:
         final = "I could not finish: the prompt asked the demo agent to fail."
     else:
-        final = f"Done. This was a demo run for “{_short(prompt, 80)}”; no files were changed."
+        final = f"Done. This was a demo run for “{_short(prompt, 80)}”; I noted it in {NOTES_FILE}."
     out.say(final, last=True)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     result = {

@@ -26,16 +26,19 @@ from tortoise.transactions import in_transaction
 
 from aicm import models
 from aicm.config import Settings
+from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
-from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env
+from aicm.runner.command import build_argv, scrubbed_env
 from aicm.runner.logs import LogWriter
 from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
 from aicm.runner.stream_json import RunSummary, parse_line
+from aicm.runner.workspace import Workspaces, describe
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
 from aicm.subscriptions.publisher import publish
 from aicm.subscriptions.subscription import Event
+from aicm.workspaces.worktrees import Worktree
 
 log = logging.getLogger("aicm.runner")
 
@@ -44,6 +47,7 @@ RENEW_EVERY = 5.0  # also how often the database is asked whether a cancel was r
 RUNNING, PENDING = models.TaskStatus.RUNNING, models.TaskStatus.PENDING
 # After the grace, a stopped agent gets SIGTERM, then SIGKILL DEFAULT_GRACE later, then is reaped: wait that.
 STOP_WAIT = DEFAULT_GRACE + 10.0
+WORKTREE_SWEEP_EVERY = 3600.0  # how often worktrees past runner.worktree_retention are looked for
 
 
 def new_worker_id() -> str:
@@ -129,9 +133,18 @@ async def cancel_pending(task_id: int) -> bool:
 
 
 class TaskExecutor:
-    def __init__(self, settings: Settings, broker: Broker, *, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        *,
+        worker_id: str | None = None,
+        workspaces: Workspaces | None = None,
+    ) -> None:
         self.settings = settings
         self.broker = broker
+        self.workspaces = workspaces or Workspaces(settings)
+        self._worktrees: dict[int, Worktree] = {}  # running tasks' worktrees, for saving work on a stop
         self.worker_id = worker_id or new_worker_id()
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._cancels: dict[int, asyncio.Event] = {}
@@ -158,6 +171,7 @@ class TaskExecutor:
             self._slots = [asyncio.create_task(self._slot(), name=f"aicm-runner-{n}") for n in range(slots)]
         self._background.append(asyncio.create_task(self._renew_leases(), name="aicm-runner-leases"))
         self._background.append(asyncio.create_task(self._follow_cancels(), name="aicm-runner-cancels"))
+        self._background.append(asyncio.create_task(self._sweep_worktrees(), name="aicm-runner-worktrees"))
         if not single_process:
             self._background.append(asyncio.create_task(self._sweep(), name="aicm-runner-sweep"))
 
@@ -248,14 +262,41 @@ class TaskExecutor:
             log.warning(
                 "task left running by a dead process", extra={"event": "task_recovered", "task_id": task_id}
             )
-            await finish(
+            if await finish(
                 task_id, models.TaskStatus.FAILED, error="The process running this task stopped (worker lost)"
-            )
+            ):
+                await self._salvage(task_id)
         if single_process:
             for task_id in (
                 await models.Task.filter(status=PENDING).order_by("id").values_list("id", flat=True)
             ):
                 await self.submit(task_id)
+
+    async def _salvage(self, task_id: int) -> None:
+        """Commit what a lost worker's agent left, when its worktree is on this machine."""
+        task = await models.Task.get(id=task_id).prefetch_related("project")
+        try:
+            await self.workspaces.salvage(task)
+        except Exception as exc:
+            log.warning(
+                "saving a lost task's work failed: %s",
+                describe(exc),
+                extra={"event": "task_work_not_saved", "task_id": task_id},
+            )
+
+    async def _sweep_worktrees(self) -> None:
+        while True:
+            try:
+                removed = await self.workspaces.sweep()
+                if removed:
+                    log.info(
+                        "removed %d worktree(s) past runner.worktree_retention",
+                        removed,
+                        extra={"event": "worktrees_removed", "count": removed},
+                    )
+            except Exception:
+                log.exception("sweeping worktrees failed", extra={"event": "worktree_sweep_failed"})
+            await asyncio.sleep(min(WORKTREE_SWEEP_EVERY, self.workspaces.retention))
 
     async def _sweep(self) -> None:
         while True:
@@ -329,12 +370,45 @@ class TaskExecutor:
             await announce(task)
             await self._execute(task, cancel)
         except asyncio.CancelledError:  # stopped past every grace; the agent's group is already killed
-            await asyncio.shield(finish(task.id, models.TaskStatus.FAILED, error=self._stop_error()))
+            await asyncio.shield(self._stopped_hard(task))
             raise
         finally:
+            self._worktrees.pop(task.id, None)
             self._cancels.pop(task.id, None)
             self._stopped.discard(task.id)
             TASKS_RUNNING.dec()
+
+    async def _stopped_hard(self, task: models.Task) -> None:
+        tree = self._worktrees.get(task.id)
+        if tree is not None:
+            await self._save_work(task, tree)
+        await finish(task.id, models.TaskStatus.FAILED, error=self._stop_error())
+
+    async def _prepare_worktree(self, task: models.Task) -> Worktree | None:
+        """The task's worktree; None (the task FAILED with git's reason) when it cannot be made."""
+        try:
+            tree = await self.workspaces.prepare(task)
+        except AppError as exc:
+            await finish(
+                task.id, models.TaskStatus.FAILED, error=f"Could not prepare the repository: {exc.message}"
+            )
+            return None
+        self._worktrees[task.id] = tree
+        return tree
+
+    async def _save_work(self, task: models.Task, tree: Worktree) -> str | None:
+        """Commit and publish what the agent left (after every run); the reason when that failed."""
+        try:
+            await self.workspaces.save_work(task, tree)
+        except Exception as exc:
+            log.warning(
+                "saving the task's work failed: %s",
+                describe(exc),
+                exc_info=not isinstance(exc, AppError),
+                extra={"event": "task_work_not_saved", "task_id": task.id},
+            )
+            return f"Could not save the agent's work: {describe(exc)}"
+        return None
 
     async def _execute(self, task: models.Task, cancel: asyncio.Event) -> None:
         runner = self.settings.runner
@@ -350,9 +424,12 @@ class TaskExecutor:
             summary.feed(parsed)
             await writer.add(parsed.stream, parsed.kind, parsed.text, parsed.data)
 
+        tree = await self._prepare_worktree(task)
+        if tree is None:
+            return
         try:
             argv = build_argv(runner.command, task.prompt, resume_session_id=resume)
-            cwd = ensure_workspace(runner.workspace_root, task.project.slug)
+            cwd = tree.path
             async with AgentProcess(argv, cwd=cwd, env=scrubbed_env(os.environ, runner.env)) as agent:
                 outcome = await agent.run(on_line, time_limit=runner.timeout, cancel_event=cancel)
         except (AgentNotFound, ValueError, OSError) as exc:  # the agent could not be started at all
@@ -366,6 +443,7 @@ class TaskExecutor:
             "cost_usd": summary.cost_usd,
             "cli_session_id": summary.session_id,
         }
+        not_saved = await self._save_work(task, tree)
         if outcome.cancelled and task.id in self._stopped:
             await finish(task.id, models.TaskStatus.FAILED, error=self._stop_error(), **fields)
         elif outcome.cancelled:
@@ -373,6 +451,8 @@ class TaskExecutor:
         elif outcome.timed_out:
             limit = int(runner.timeout)
             await finish(task.id, models.TaskStatus.TIMED_OUT, error=f"Timed out after {limit} s", **fields)
+        elif not_saved is not None:
+            await finish(task.id, models.TaskStatus.FAILED, error=not_saved, **fields)
         elif summary.succeeded(outcome.exit_code):
             await finish(task.id, models.TaskStatus.SUCCEEDED, **fields)
         else:

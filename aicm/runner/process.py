@@ -9,7 +9,7 @@ cancel request::
 
     argv = build_argv(settings.runner.command, task.prompt, resume_session_id=previous_session_id)
     env = scrubbed_env(os.environ, settings.runner.env)
-    cwd = ensure_workspace(settings.runner.workspace_root, project.slug)
+    cwd = (await workspaces.prepare(task)).path  # the task's git worktree (aicm/runner/workspace.py)
     summary = RunSummary()
 
     async def on_line(stream: str, line: str) -> None:

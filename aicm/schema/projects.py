@@ -69,9 +69,13 @@ class Project:
     slug: str
     description: str
     repository_url: str
+    default_branch: str | None = strawberry.field(description="From the remote's HEAD; settable.")
     status: ProjectStatus
     created_at: datetime
     updated_at: datetime
+    has_credential: bool = strawberry.field(
+        description="Whether a repository credential is set (write-only)."
+    )
     pk: strawberry.Private[int]
     owner_pk: strawberry.Private[int]
 
@@ -84,6 +88,7 @@ class Project:
             status=models.ProjectStatus(project.status),
             pk=project.id,
             owner_pk=project.owner_id,  # type: ignore[attr-defined]
+            has_credential=bool(project.credential_secret),
         )
 
     @strawberry.field(description="One of the members holding an owner role.")
@@ -129,6 +134,13 @@ class UpdateProjectInput:
     name: str | None = None
     description: str | None = None
     repository_url: str | None = None
+    default_branch: str | None = None
+
+
+@strawberry.input(description="An HTTPS token or an SSH private key; neither clears the credential.")
+class ProjectCredentialInput:
+    token: str | None = None
+    ssh_private_key: str | None = None
 
 
 def _project_id(value: strawberry.ID, field: str = "id") -> int:
@@ -181,6 +193,7 @@ class ProjectMutations:
     async def create_project(self, info: Info, input: CreateProjectInput) -> Project:
         project = await projects_resolvers.create_project(
             info.context.viewer,
+            info.context.runtime.workspaces,
             name=input.name,
             description=input.description,
             repository_url=input.repository_url,
@@ -192,10 +205,12 @@ class ProjectMutations:
     async def update_project(self, info: Info, id: strawberry.ID, input: UpdateProjectInput) -> Project:
         project = await projects_resolvers.update_project(
             info.context.viewer,
+            info.context.runtime.workspaces,
             _project_id(id),
             name=input.name,
             description=input.description,
             repository_url=input.repository_url,
+            default_branch=input.default_branch,
         )
         return Project.from_model(project)
 
@@ -207,7 +222,22 @@ class ProjectMutations:
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def delete_project(self, info: Info, id: strawberry.ID) -> bool:
-        return await projects_resolvers.delete_project(info.context.viewer, _project_id(id))
+        return await projects_resolvers.delete_project(
+            info.context.viewer, info.context.runtime.workspaces, _project_id(id)
+        )
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated])
+    async def set_project_credential(
+        self, info: Info, project_id: strawberry.ID, input: ProjectCredentialInput
+    ) -> Project:
+        project = await projects_resolvers.set_project_credential(
+            info.context.viewer,
+            info.context.runtime.workspaces,
+            _project_id(project_id, "projectId"),
+            token=input.token,
+            ssh_private_key=input.ssh_private_key,
+        )
+        return Project.from_model(project)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def add_project_member(

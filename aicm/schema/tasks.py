@@ -15,12 +15,64 @@ from aicm.schema.mapping import from_row
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
 from aicm.schema.users import User, user_or_none
+from aicm.workspaces.changes import Commit as CommitRow
+from aicm.workspaces.changes import FileChange as FileChangeRow
+from aicm.workspaces.changes import FileStatus
+from aicm.workspaces.changes import TaskChanges as TaskChangesRow
+from aicm.workspaces.merging import MergeStrategy as MergeStrategyEnum
 
 if TYPE_CHECKING:
     from aicm.schema.projects import Project
 
 
 TaskStatus = strawberry.enum(models.TaskStatus)
+FileChangeStatus = strawberry.enum(FileStatus, name="FileChangeStatus")
+MergeStrategy = strawberry.enum(MergeStrategyEnum, name="MergeStrategy")
+
+
+@strawberry.type
+class Commit:
+    sha: str
+    message: str
+    author_name: str
+    author_email: str
+    at: datetime
+
+    @classmethod
+    def from_row(cls, commit: CommitRow) -> Commit:
+        return from_row(cls, commit)
+
+
+@strawberry.type
+class FileChange:
+    path: str
+    old_path: str | None = strawberry.field(description="The previous path of a renamed file.")
+    status: FileChangeStatus
+    additions: int
+    deletions: int
+    binary: bool
+    patch: str | None = strawberry.field(
+        description="The file's unified diff; cut (or null) once runner.max_patch_bytes is used up."
+    )
+
+    @classmethod
+    def from_row(cls, change: FileChangeRow) -> FileChange:
+        return from_row(cls, change, status=FileStatus(change.status))
+
+
+@strawberry.type(description="What the task's branch changed since its merge base with baseRef.")
+class TaskChanges:
+    files_changed: int
+    additions: int
+    deletions: int
+    truncated: bool = strawberry.field(
+        description="True when some patches were cut at runner.max_patch_bytes."
+    )
+    files: list[FileChange]
+
+    @classmethod
+    def from_row(cls, changes: TaskChangesRow) -> TaskChanges:
+        return from_row(cls, changes, files=[FileChange.from_row(f) for f in changes.files])
 
 
 @strawberry.type
@@ -50,10 +102,17 @@ class Task:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    branch: str | None = strawberry.field(description="The task's git branch, aicm/task-<number>.")
+    base_ref: str | None = strawberry.field(description="The branch, tag or commit the branch was made from.")
+    base_commit: str | None
+    head_commit: str | None = strawberry.field(description="The branch's tip when the last run ended.")
+    pushed_at: datetime | None
+    merged_at: datetime | None
     pk: strawberry.Private[int]
     project_pk: strawberry.Private[int]
     creator_pk: strawberry.Private[int | None]
     parent_pk: strawberry.Private[int | None]
+    record: strawberry.Private[models.Task]
 
     @classmethod
     def from_model(cls, task: models.Task) -> Task:
@@ -66,6 +125,7 @@ class Task:
             project_pk=task.project_id,  # type: ignore[attr-defined]
             creator_pk=task.created_by_id,  # type: ignore[attr-defined]
             parent_pk=task.parent_id,
+            record=task,
         )
 
     @strawberry.field(description="Null when you may read the task but not its project.")
@@ -83,6 +143,20 @@ class Task:
     def parent_id(self) -> strawberry.ID | None:
         return encode_id("Task", self.parent_pk) if self.parent_pk else None
 
+    @strawberry.field(description="The branch's commits since baseCommit, oldest first.")
+    def commits(self) -> list[Commit]:
+        return [Commit.from_row(commit) for commit in tasks_resolvers.stored_commits(self.record)]
+
+    @strawberry.field(description="Stored when a run ends; null before the first run ended.")
+    def changes(self) -> TaskChanges | None:
+        found = tasks_resolvers.stored_changes(self.record)
+        return TaskChanges.from_row(found) if found else None
+
+    @strawberry.field(description="The project's other unmerged tasks whose changes touch the same files.")
+    async def overlaps_with(self, info: Info) -> list[Task]:
+        tasks = await tasks_resolvers.overlapping_tasks(info.context.loaders, self.pk)
+        return [Task.from_model(task) for task in tasks]
+
     @strawberry.field(description="Stored log lines with seq > afterSeq, oldest first.")
     async def logs(self, info: Info, after_seq: int = 0, first: int = 100) -> list[TaskLogLine]:
         lines = await tasks_resolvers.task_logs(
@@ -95,6 +169,14 @@ class Task:
 class CreateTaskInput:
     project_id: strawberry.ID
     prompt: str
+    base_ref: str | None = strawberry.field(
+        default=None, description="Branch, tag or commit to start from; default: the default branch."
+    )
+
+
+@strawberry.input
+class MergeTaskInput:
+    strategy: MergeStrategy = MergeStrategyEnum.MERGE
 
 
 def _task_id(value: strawberry.ID) -> int:
@@ -133,8 +215,10 @@ class TaskMutations:
         task = await tasks_resolvers.create_task(
             info.context.viewer,
             info.context.runtime.dispatcher,
+            info.context.runtime.workspaces,
             project_id=decode_id(input.project_id, "Project", field="projectId"),
             prompt=input.prompt,
+            base_ref=input.base_ref,
         )
         return Task.from_model(task)
 
@@ -149,5 +233,27 @@ class TaskMutations:
     async def follow_up_task(self, info: Info, id: strawberry.ID, prompt: str) -> Task:
         task = await tasks_resolvers.follow_up_task(
             info.context.viewer, info.context.runtime.dispatcher, _task_id(id), prompt=prompt
+        )
+        return Task.from_model(task)
+
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated], description="Push the task's branch to the project's remote."
+    )
+    async def push_task(self, info: Info, id: strawberry.ID) -> Task:
+        task = await tasks_resolvers.push_task(
+            info.context.viewer, info.context.runtime.workspaces, _task_id(id)
+        )
+        return Task.from_model(task)
+
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="Merge the task's branch into its base branch; CONFLICT (nothing changed) on conflict.",
+    )
+    async def merge_task(self, info: Info, id: strawberry.ID, input: MergeTaskInput) -> Task:
+        task = await tasks_resolvers.merge_task(
+            info.context.viewer,
+            info.context.runtime.workspaces,
+            _task_id(id),
+            strategy=MergeStrategyEnum(input.strategy),
         )
         return Task.from_model(task)

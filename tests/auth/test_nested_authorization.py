@@ -91,6 +91,10 @@ QUERIES = [
         "task.project.members.user.email", outcome(BOTH, HIDDEN, task_reader=NULL)),
     Row("task.project.owner", "query($task: ID!) { task(id: $task) { project { owner { email } } } }",
         "task.project.owner.email", outcome(BOTH, HIDDEN, task_reader=NULL)),
+    Row("task.overlapsWith", "query($task: ID!) { task(id: $task) { overlapsWith { prompt } } }",
+        "task.overlapsWith.prompt", outcome(TASK_READERS, HIDDEN)),
+    Row("tasks.overlapsWith", "{ tasks { edges { node { overlapsWith { prompt } } } } }",
+        "tasks.edges.node.overlapsWith.prompt", outcome(TASK_READERS, EMPTY)),
     Row("task.createdBy", "query($task: ID!) { task(id: $task) { createdBy { email } } }",
         "task.createdBy.email", outcome(BOTH, HIDDEN, task_reader=NULL)),
     Row("tasks", "{ tasks { edges { node { prompt } } } }", "tasks.edges.node.prompt",
@@ -182,6 +186,16 @@ async def build_world() -> World:
         prompt="the secret prompt",
         status=models.TaskStatus.SUCCEEDED,
         last_seq=2,
+        branch="aicm/task-a",
+        changed_paths=["README.md"],
+    )
+    await models.Task.create(  # touches the same file: each lists the other in overlapsWith
+        project=project,
+        created_by=users["owner"],
+        prompt="another secret prompt",
+        status=models.TaskStatus.SUCCEEDED,
+        branch="aicm/task-b",
+        changed_paths=["README.md", "other.txt"],
     )
     for seq, text in ((1, "first line"), (2, "second line")):
         await models.TaskLog.create(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from aicm.config import DEFAULT_RUNNER_COMMAND
-from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env, workspace_dir
+from aicm.runner.command import build_argv, scrubbed_env
 
 NASTY_PROMPT = "$(touch /tmp/x); rm -rf ~ && echo \"q\" 'x' `id` | ; > {prompt} {}"
 
@@ -111,64 +110,6 @@ def test_env_of_the_real_process_holds_no_secret() -> None:
 def test_env_refuses_a_bad_runner_env_name(name: str) -> None:
     with pytest.raises(ValueError, match=r"runner\.env"):
         scrubbed_env({}, {name: "v"})
-
-
-# --------------------------------------------------------------------------- workspaces
-
-
-def test_workspace_is_the_slug_under_the_resolved_root(tmp_path: Path) -> None:
-    root = tmp_path / "data" / ".." / "data" / "workspaces"
-
-    path = workspace_dir(root, "billing-api")
-
-    assert path == (tmp_path / "data" / "workspaces" / "billing-api").resolve()
-    assert not path.exists()  # workspace_dir only names it
-
-
-def test_ensure_workspace_creates_it_and_is_idempotent(tmp_path: Path) -> None:
-    path = ensure_workspace(tmp_path / "workspaces", "billing-api")
-    again = ensure_workspace(tmp_path / "workspaces", "billing-api")
-
-    assert path.is_dir()
-    assert again == path
-
-
-@pytest.mark.parametrize(
-    "slug",
-    [
-        "",
-        ".",
-        "..",
-        "../etc",
-        "a/b",
-        "/abs",
-        "Billing",
-        "-lead",
-        "a_b",
-        "a b",
-        "a\n",
-        "a\x00",
-        "é",
-        "a" * 101,
-    ],
-)
-def test_workspace_refuses_a_slug_outside_the_pattern(tmp_path: Path, slug: str) -> None:
-    with pytest.raises(ValueError, match="slug"):
-        workspace_dir(tmp_path, slug)
-
-
-def test_workspace_accepts_the_longest_slug(tmp_path: Path) -> None:
-    assert workspace_dir(tmp_path, "a" * 100).name == "a" * 100
-
-
-def test_workspace_refuses_a_symlink_that_escapes_the_root(tmp_path: Path) -> None:
-    root = tmp_path / "workspaces"
-    root.mkdir()
-    (tmp_path / "elsewhere").mkdir()
-    (root / "evil").symlink_to(tmp_path / "elsewhere")
-
-    with pytest.raises(ValueError, match="outside"):
-        ensure_workspace(root, "evil")
 
 
 def test_the_python_placeholder_is_the_servers_own_interpreter() -> None:

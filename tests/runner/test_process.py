@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from aicm.config import DEFAULT_RUNNER_COMMAND
-from aicm.runner.command import build_argv, ensure_workspace, scrubbed_env
+from aicm.runner.command import build_argv, scrubbed_env
 from aicm.runner.process import AgentNotFound, AgentProcess, RunOutcome
 from aicm.runner.stream_json import ParsedLine, RunSummary, parse_line
 
@@ -74,7 +74,8 @@ async def test_prompt_with_shell_metacharacters_reaches_the_program_as_one_argum
         "with open(sys.argv[1], 'w', encoding='utf-8') as f:\n"
         "    json.dump({'argv': sys.argv[2:], 'cwd': os.getcwd(), 'env': dict(os.environ)}, f)\n",
     )
-    cwd = ensure_workspace(tmp_path / "workspaces", "billing-api")
+    cwd = tmp_path / "workspace"
+    cwd.mkdir()
     env = scrubbed_env({**os.environ, "JWT_SECRET": "x" * 40}, {"AICM_EXTRA": "yes"})
 
     # when
@@ -328,7 +329,8 @@ async def test_leaving_the_block_on_an_error_kills_the_agent(tmp_path: Path) -> 
 async def run_demo(
     tmp_path: Path, prompt: str, *, resume: str | None = None, **run_options: object
 ) -> tuple[RunOutcome, list[ParsedLine], RunSummary, Path]:
-    cwd = ensure_workspace(tmp_path / "workspaces", "demo-project")
+    cwd = tmp_path / "workspace"
+    cwd.mkdir(exist_ok=True)
     parsed: list[ParsedLine] = []
     summary = RunSummary()
 
@@ -367,6 +369,10 @@ async def test_demo_agent_end_to_end_and_follow_up(tmp_path: Path) -> None:
     # then
     assert follow_up == RunOutcome(exit_code=0)
     assert resumed.session_id == summary.session_id
+    # and each run left a line in the worktree, so the task's branch shows a real diff
+    notes = (cwd / "AICM_DEMO.md").read_text(encoding="utf-8").splitlines()
+    assert notes[0] == "# Demo agent notes"
+    assert notes[-2:] == ["- fix the failing test", "- follow-up: now the docs"]
 
 
 async def test_demo_agent_fail_stderr_and_many_lines(tmp_path: Path) -> None:

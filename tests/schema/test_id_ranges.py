@@ -128,6 +128,17 @@ ROWS = [
         {"p": "Project"},
     ),
     Row("Mutation.cancelTask", "mutation($id: ID!) { cancelTask(id: $id) { id } }", {"id": "Task"}),
+    Row("Mutation.pushTask", "mutation($id: ID!) { pushTask(id: $id) { id } }", {"id": "Task"}),
+    Row(
+        "Mutation.mergeTask",
+        "mutation($id: ID!) { mergeTask(id: $id, input: {strategy: MERGE}) { id } }",
+        {"id": "Task"},
+    ),
+    Row(
+        "Mutation.setProjectCredential",
+        "mutation($p: ID!) { setProjectCredential(projectId: $p, input: {}) { id } }",
+        {"p": "Project"},
+    ),
     Row(
         "Mutation.followUpTask",
         'mutation($id: ID!) { followUpTask(id: $id, prompt: "x") { id } }',

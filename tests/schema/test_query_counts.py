@@ -13,6 +13,8 @@ from starlette.applications import Starlette
 
 from aicm import models
 from aicm.auth.permissions import DEVELOPER, VIEWER
+from aicm.metrics import GIT_OPERATIONS
+from aicm.workspaces.changes import FileChange, FileStatus, TaskChanges
 from tests.factories import add_member, make_project, make_user, token_for
 from tests.graphql import assert_ok, execute
 
@@ -29,6 +31,14 @@ query($first: Int!) {
 TASK_LOGS = """
 query($first: Int!) {
   tasks(first: $first) { edges { node { prompt project { name } logs(first: 5) { seq } } } }
+}
+"""
+
+
+TASK_CHANGES = """
+query($first: Int!) {
+  tasks(first: $first) { edges { node { branch changes { filesChanged files { path patch } } commits { sha }
+                                        overlapsWith { id } } } }
 }
 """
 
@@ -131,3 +141,36 @@ async def test_a_tasks_logs_are_the_first_lines_after_after_seq(
     (node,) = [edge["node"] for edge in data["tasks"]["edges"]]
     assert [line["seq"] for line in node["a"]] == [3, 4, 5]
     assert [line["seq"] for line in node["b"]] == [7, 8]
+
+
+def _git_commands() -> float:
+    return sum(s.value for m in GIT_OPERATIONS.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+async def test_task_changes_in_a_task_list_run_constant_sql_and_no_git_at_page_sizes_5_and_50(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    # given 50 tasks with stored changes, every one touching a shared file (so all overlap)
+    viewer = await make_user()
+    project = await make_project(await make_user())
+    await add_member(project, viewer, VIEWER)
+    for n in range(50):
+        files = [FileChange("shared.txt", FileStatus.MODIFIED, 1, 1, False, "@@ -1 +1 @@\n-a\n+b\n")]
+        await models.Task.create(
+            project=project,
+            prompt="p",
+            status=models.TaskStatus.SUCCEEDED,
+            branch=f"aicm/task-x{n}",
+            changes=TaskChanges(1, 1, 1, False, files).to_json(),
+            changed_paths=["shared.txt"],
+            commits=[],
+        )
+    token = await token_for(app, viewer)
+    before = _git_commands()
+    # when
+    small = await _count_for_page(client, token, 5, TASK_CHANGES)
+    large = await _count_for_page(client, token, 50, TASK_CHANGES)
+    # then
+    assert small == large, (small, large)
+    assert large <= 8
+    assert _git_commands() == before

@@ -79,8 +79,10 @@ async def test_a_task_runs_to_success_with_its_stream_json_parsed(
     assert kinds[0] == "system" and kinds[-1] == "result" and "assistant" in kinds
     assert [line["seq"] for line in data["logs"]] == list(range(1, len(kinds) + 1))
     assert task.cli_session_id  # from the init line
-    workspace = Path(app.state.runtime.settings.runner.workspace_root) / project.slug
-    assert workspace.is_dir()
+    worktree = Path(app.state.runtime.settings.runner.workspace_root) / "projects" / str(project.id)
+    assert (worktree / "tasks" / str(task_id)).is_dir()  # the agent ran in the task's own worktree
+    assert task.branch == f"aicm/task-{task_id}" and task.head_commit and task.base_ref == "main"
+    assert task.changed_paths == ["AICM_DEMO.md"]  # the demo agent's note: a real diff
 
 
 async def test_a_non_zero_exit_fails_the_task(app: Starlette, client: httpx.AsyncClient) -> None:
