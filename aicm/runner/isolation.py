@@ -25,11 +25,19 @@ from pathlib import Path
 
 import aicm
 from aicm.config import LimitsConfig, Settings
-from aicm.runner.limits import Limits, enforcement
+from aicm.runner.limits import LIMIT_NAMES, Limits, enforcement
 from aicm.runner.process import AgentNotFound
 from aicm.runner.sandbox import SYSTEM_DIRS, SandboxSpec, SandboxStatus, SandboxUnavailable, detect, wrap
 
-__all__ = ["RunIsolation", "cut_note", "limit_error", "limits_of", "sandbox_problem"]
+__all__ = [
+    "RunIsolation",
+    "current_status",
+    "cut_note",
+    "details",
+    "limit_error",
+    "limits_of",
+    "sandbox_problem",
+]
 
 log = logging.getLogger("aicm.runner")
 
@@ -192,6 +200,32 @@ class RunIsolation:
         system = [Path(name) for name in SYSTEM_DIRS]
         keep = [path for path in paths if not any(_under(path, root) for root in system)]
         return list(dict.fromkeys(keep))
+
+
+async def current_status(settings: Settings) -> SandboxStatus:
+    """What isolation this process's runs get, for health: detected off the event loop (once, then cached);
+    an explicit ``bubblewrap`` that cannot run reads as none, with the reason."""
+    mode = settings.runner.sandbox
+    try:
+        return await asyncio.to_thread(detect, mode, "bwrap")  # type: ignore[arg-type]
+    except SandboxUnavailable as exc:
+        return SandboxStatus("none", mode, str(exc))  # type: ignore[arg-type]
+
+
+def details(settings: Settings, status: SandboxStatus) -> dict[str, object]:
+    """``/health/detailed``'s ``sandbox`` entry: the mode and why, the network, each limit and how it is
+    enforced on this machine."""
+    limits = limits_of(settings.runner.limits)
+    return {
+        "mode": status.mode,
+        "requested": status.requested,
+        "reason": status.reason,
+        "network": settings.runner.network,
+        "limits": {
+            "values": {name: getattr(limits, name) for name in LIMIT_NAMES},
+            "enforcement": enforcement(limits),
+        },
+    }
 
 
 def sandbox_problem(settings: Settings) -> str | None:
