@@ -24,6 +24,9 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_SIZE_UNITS |= {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _TRUE = ("true", "yes", "on", "1")
@@ -140,11 +143,14 @@ def build(
     problems: list[str],
     *,
     durations: frozenset[str],
+    sizes: frozenset[str] = frozenset(),
     skip: frozenset[str] = frozenset(),
     path: str = "",
 ) -> Any:
-    """A dataclass instance from a mapping: unknown keys are problems, absent or null keys keep defaults,
-    values that fail to convert keep defaults too (so validation does not pile on)."""
+    """A dataclass instance from a mapping: unknown keys are problems, absent keys keep defaults, null keeps
+    the default too except for an optional field (``X | None``), which it sets to None ("off"); values that
+    fail to convert keep defaults too (so validation does not pile on). ``durations`` and ``sizes`` name the
+    key paths that take ``30s``/``2h`` (float seconds) and ``64MiB``/``1GB`` (int bytes)."""
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -157,39 +163,50 @@ def build(
         sub = join(path, str(key))
         if key not in names:
             problems.append(f"{sub}: unknown key")
-        elif value is not None:
-            converted = _convert(value, hints[key], sub, problems, durations)
+        elif value is None:
+            if type(None) in get_args(hints[key]):
+                kwargs[key] = None
+        else:
+            converted = _convert(value, hints[key], sub, problems, durations, sizes)
             if converted is not INVALID:
                 kwargs[key] = converted
     return cls(**kwargs)
 
 
-def _convert(value: Any, tp: Any, path: str, problems: list[str], durations: frozenset[str]) -> Any:
+def _convert(
+    value: Any, tp: Any, path: str, problems: list[str], durations: frozenset[str], sizes: frozenset[str]
+) -> Any:
     def bad(expected: str) -> Any:
         problems.append(f"{path}: expected {expected}, got {show(value)}")
         return INVALID
 
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, problems, durations=durations, path=path)  # type: ignore[arg-type]
+        return build(tp, value, problems, durations=durations, sizes=sizes, path=path)  # type: ignore[arg-type]
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):
         inner = next(a for a in args if a is not type(None))
-        return None if value is None else _convert(value, inner, path, problems, durations)
+        return None if value is None else _convert(value, inner, path, problems, durations, sizes)
     if origin is list:
         if not isinstance(value, list):
             return bad("a list")
-        items = [_convert(v, args[0], f"{path}[{i}]", problems, durations) for i, v in enumerate(value)]
+        items = [
+            _convert(v, args[0], f"{path}[{i}]", problems, durations, sizes) for i, v in enumerate(value)
+        ]
         return INVALID if any(item is INVALID for item in items) else items
     if origin is dict:
         if not isinstance(value, dict):
             return bad("a mapping")
         entries = {
-            str(k): _convert(v, args[1], join(path, str(k)), problems, durations) for k, v in value.items()
+            str(k): _convert(v, args[1], join(path, str(k)), problems, durations, sizes)
+            for k, v in value.items()
         }
         return INVALID if any(v is INVALID for v in entries.values()) else entries
     if path in durations:
         seconds = parse_duration(value)
         return bad("a duration like 30s, 15m or 24h") if seconds is None else seconds
+    if path in sizes:
+        size = parse_size(value)
+        return bad("a size like 4GiB, 64MiB or a number of bytes") if size is None else size
     text = value.strip().lower() if isinstance(value, str) else None
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if tp is bool:
@@ -226,6 +243,18 @@ def parse_duration(value: Any) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from 4GiB, 64MiB, 1MB, 512KiB, 100B or a plain number; None when it is none of those."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str) or not (match := _SIZE.fullmatch(value.strip())):
+        return None
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
 
 
 def url_scheme(url: str) -> str:

@@ -67,6 +67,12 @@ def _config_check(path: str | None) -> int:
             print(problem, file=sys.stderr)
         print(f"config: {len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
+    from aicm.runner.isolation import sandbox_problem
+
+    if problem := sandbox_problem(settings):  # needs the machine, not only the file
+        print(problem, file=sys.stderr)
+        print("config: 1 problem(s)", file=sys.stderr)
+        return 1
     print(f"config OK: {settings.config_path or 'built-in defaults'} (env {settings.app.env})")
     return 0
 

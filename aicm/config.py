@@ -223,6 +223,27 @@ class AuthConfig:
 
 
 @dataclass
+class SandboxPathsConfig:
+    """Extra paths for the agent's sandbox (``runner.sandbox_paths``); relative ones start at the cwd."""
+
+    read_only: list[str] = field(default_factory=list)
+    read_write: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LimitsConfig:
+    """``runner.limits``: sizes in bytes (``4GiB`` in the file), ``cpu_time`` in seconds; None = off."""
+
+    memory: int | None = 4 * 1024**3
+    processes: int | None = 256
+    file_size: int | None = 1024**3
+    output_bytes: int | None = 64 * 1024**2
+    line_bytes: int = 1024**2  # always on: a line is never held whole past this
+    cpu_time: float | None = 7200.0
+
+
+@dataclass
 class RunnerConfig:
     command: list[str] = field(default_factory=lambda: list(DEFAULT_RUNNER_COMMAND))
     workspace_root: str = "./data/workspaces"
@@ -235,6 +256,10 @@ class RunnerConfig:
     worktree_retention: float = 7 * 86_400.0  # a finished task's worktree is removed then; its branch stays
     max_patch_bytes: int = 256 * 1024  # the stored patches of a task's changes, all files together
     git_timeout: float = 300.0  # one git command (clone, fetch, push, diff...)
+    sandbox: str = "auto"  # auto | bubblewrap | none (CONTRACT §9)
+    sandbox_paths: SandboxPathsConfig = field(default_factory=SandboxPathsConfig)
+    network: bool = True  # false: the agent runs with no network at all (needs the sandbox)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass
@@ -319,6 +344,17 @@ DURATION_FIELDS = frozenset(
         "runner.shutdown_grace",
         "runner.worktree_retention",
         "runner.git_timeout",
+        "runner.limits.cpu_time",
+    }
+)
+
+# Int fields holding sizes in bytes: they accept 4GiB, 64MiB, 1MB or a number of bytes.
+SIZE_FIELDS = frozenset(
+    {
+        "runner.limits.memory",
+        "runner.limits.file_size",
+        "runner.limits.output_bytes",
+        "runner.limits.line_bytes",
     }
 )
 
@@ -385,7 +421,9 @@ def load_settings(
     overridden = _p.apply_overrides(raw, env, ENV_OVERRIDES)
     problems += [p for p in unset if _p.problem_path(p) not in overridden]
 
-    settings = _p.build(Settings, raw, problems, durations=DURATION_FIELDS, skip=frozenset({"config_path"}))
+    settings = _p.build(
+        Settings, raw, problems, durations=DURATION_FIELDS, sizes=SIZE_FIELDS, skip=frozenset({"config_path"})
+    )
     settings.config_path = config_path
     reported = {_p.problem_path(p) for p in problems}
     problems += [p for p in _validate(settings) if _p.problem_path(p) not in reported]
@@ -535,6 +573,12 @@ def _check_auth_and_runner(s: Settings, problems: _Problems) -> None:
     problems.positive("runner.git_timeout", s.runner.git_timeout)
     if not s.runner.embedded and not s.redis.enabled:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
+    problems.one_of("runner.sandbox", s.runner.sandbox, ("auto", "bubblewrap", "none"))
+    if not s.runner.network and s.runner.sandbox == "none":
+        problems.append("runner.network: false needs the sandbox (runner.sandbox is none)")
+    for name, value in vars(s.runner.limits).items():
+        if value is not None:
+            problems.at_least(f"runner.limits.{name}", value, 1)
 
 
 def _check_graphql(s: Settings, problems: _Problems) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aicm.runner.sandbox import detect
 from tests.conftest import require_services
 from tests.servers import CLI, clean_env, serve
 
@@ -59,6 +60,28 @@ def test_config_check_names_every_bad_key_and_exits_one(tmp_path: Path) -> None:
     assert "server.port" in result.stderr
     assert "logging.level" in result.stderr
     assert "jwt.access_token_duration" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "sandbox", "ok"),
+    [
+        ("production", "auto", False),  # would fall back to none unannounced
+        ("production", "none", True),  # unsandboxed on purpose
+        ("development", "auto", True),
+        ("development", "bubblewrap", False),  # asked for and not there, in any environment
+    ],
+)
+def test_config_check_without_bubblewrap(tmp_path: Path, env: str, sandbox: str, ok: bool) -> None:
+    # given a machine where bwrap is not on PATH
+    (tmp_path / "bin").mkdir()
+    config = tmp_path / "aicm.yaml"
+    config.write_text(f"app: {{env: {env}}}\njwt: {{secret: {'s' * 40}}}\nrunner: {{sandbox: {sandbox}}}\n")
+    # when
+    result = run(["--config-check", "--config", str(config)], tmp_path, clean_env(PATH=str(tmp_path / "bin")))
+    # then
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert "runner.sandbox:" in result.stderr and "bwrap is not installed" in result.stderr
 
 
 def test_config_check_refuses_a_missing_file(tmp_path: Path) -> None:
@@ -189,6 +212,7 @@ def test_serve_with_workers_on_postgres_and_redis(tmp_path: Path) -> None:
             "redis": "healthy",
             "auth": "healthy",
             "runner": "embedded",
+            "sandbox": detect("auto").mode,
         }
         answers = {
             json.dumps(httpx.post(f"{base}/graphql", json={"query": "{ me { id } }"}).json())

@@ -12,6 +12,7 @@ import yaml
 
 from aicm.config import (
     DURATION_FIELDS,
+    SIZE_FIELDS,
     ConfigError,
     DatabaseConfig,
     RedisConfig,
@@ -330,7 +331,63 @@ def test_every_duration_field_is_a_float_field():
         cls = Settings
         for section in sections:
             cls = typing.get_type_hints(cls)[section]
-        assert typing.get_type_hints(cls)[key] is float, key_path
+        assert typing.get_type_hints(cls)[key] in (float, float | None), key_path
+
+
+def test_every_size_field_is_an_int_field():
+    for key_path in SIZE_FIELDS:
+        *sections, key = key_path.split(".")
+        cls = Settings
+        for section in sections:
+            cls = typing.get_type_hints(cls)[section]
+        assert typing.get_type_hints(cls)[key] in (int, int | None), key_path
+
+
+def test_runner_sandbox_and_limits_defaults(tmp_path):
+    runner = load(tmp_path, "").runner
+    assert (runner.sandbox, runner.network) == ("auto", True)
+    assert (runner.sandbox_paths.read_only, runner.sandbox_paths.read_write, runner.sandbox_paths.hidden) == (
+        [],
+        [],
+        [],
+    )
+    limits = runner.limits
+    assert (limits.memory, limits.processes, limits.file_size) == (4 * 1024**3, 256, 1024**3)
+    assert (limits.output_bytes, limits.line_bytes, limits.cpu_time) == (64 * 1024**2, 1024**2, 7200.0)
+
+
+def test_runner_limits_take_sizes_and_durations_and_null_turns_one_off(tmp_path):
+    text = """
+    runner:
+      sandbox: none
+      sandbox_paths: {read_only: [/opt/tools], read_write: [/srv/cache], hidden: [/srv/secret]}
+      limits: {memory: 512MiB, processes: null, file_size: 2GB, output_bytes: 1048576, line_bytes: 64KiB,
+               cpu_time: 1h30m}
+    """
+    runner = load(tmp_path, text).runner
+    assert runner.sandbox == "none"
+    assert runner.sandbox_paths.read_only == ["/opt/tools"] and runner.sandbox_paths.hidden == ["/srv/secret"]
+    limits = runner.limits
+    assert (limits.memory, limits.processes, limits.file_size) == (512 * 1024**2, None, 2 * 1000**3)
+    assert (limits.output_bytes, limits.line_bytes, limits.cpu_time) == (1024**2, 64 * 1024, 5400.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("runner: {sandbox: docker}", "runner.sandbox: expected one of auto, bubblewrap, none, got 'docker'"),
+        ("runner: {limits: {memory: 4 gigs}}", "runner.limits.memory: expected a size like 4GiB"),
+        ("runner: {limits: {memory: true}}", "runner.limits.memory: expected a size like 4GiB"),
+        ("runner: {limits: {cpu_time: soon}}", "runner.limits.cpu_time: expected a duration like 30s"),
+        ("runner: {limits: {processes: 0}}", "runner.limits.processes: must be at least 1, got 0"),
+        ("runner: {limits: {line_bytes: 0B}}", "runner.limits.line_bytes: must be at least 1, got 0"),
+        ("runner: {sandbox: none, network: false}", "runner.network: false needs the sandbox"),
+        ("runner: {sandbox_paths: {secret: [/x]}}", "runner.sandbox_paths.secret: unknown key"),
+    ],
+)
+def test_bad_runner_sandbox_and_limits(tmp_path, text, expected):
+    problems = problems_of(tmp_path, text + "\n")
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
 
 
 def test_conversion_error_messages(tmp_path):

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from tortoise import connections
 
 from aicm import __version__
+from aicm.runner.isolation import current_status, details
 from aicm.runner.liveness import LIVE_WINDOW, SeenWorker, live_workers, queue_depth
 from aicm.runtime import Runtime
 
@@ -109,8 +110,11 @@ async def _runner(runtime: Runtime) -> tuple[str, bool, list[SeenWorker] | None]
 async def check(runtime: Runtime) -> dict[str, Any]:
     """The dependencies at once, each within ``CHECK_TIMEOUT``: a hung one cannot hold the answer longer."""
     redis = runtime.redis
-    (db_ok, db_ms), (redis_ok, redis_ms), (runner, stranded, workers) = await asyncio.gather(
-        _timed(ping_database), _timed(redis.ping if redis is not None else _ok), _runner(runtime)
+    (db_ok, db_ms), (redis_ok, redis_ms), (runner, stranded, workers), sandbox = await asyncio.gather(
+        _timed(ping_database),
+        _timed(redis.ping if redis is not None else _ok),
+        _runner(runtime),
+        current_status(runtime.settings),
     )
     services: dict[str, str] = {"database": HEALTHY if db_ok else UNHEALTHY}
     latency: dict[str, float | None] = {"database": db_ms}
@@ -122,13 +126,21 @@ async def check(runtime: Runtime) -> dict[str, Any]:
     services["auth"] = HEALTHY if runtime.tokens.keys.signing_key and redis_ok else UNHEALTHY
     # runner: embedded, or whether a worker was seen in the last minute; tasks waiting with none is degraded
     services["runner"] = runner
+    # sandbox: the isolation agent runs get here (CONTRACT §9), "bubblewrap" or "none"; informative only
+    services["sandbox"] = sandbox.mode
     if not db_ok:
         status = UNHEALTHY
     elif not redis_ok or services["auth"] != HEALTHY or stranded:
         status = DEGRADED
     else:
         status = HEALTHY
-    return {"status": status, "services": services, "latency_ms": latency, "workers": workers}
+    return {
+        "status": status,
+        "services": services,
+        "latency_ms": latency,
+        "workers": workers,
+        "sandbox": details(runtime.settings, sandbox),
+    }
 
 
 def _runtime(request: Request) -> Runtime:
@@ -160,6 +172,7 @@ async def health_detailed(request: Request) -> JSONResponse:
         "broker_connected": runtime.broker.connected,
         "subscribers": runtime.broker.stats.subscribers,
         "database": {"pool": database_pool() if result["services"]["database"] == HEALTHY else None},
+        "sandbox": result["sandbox"],
     }
     if result["workers"] is not None:  # runner.embedded: false
         body["workers"] = {

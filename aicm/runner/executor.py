@@ -29,6 +29,7 @@ from aicm.config import Settings
 from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
 from aicm.runner.command import build_argv, scrubbed_env
+from aicm.runner.isolation import RunIsolation, cut_note, limit_error
 from aicm.runner.logs import LogWriter
 from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
 from aicm.runner.stream_json import RunSummary, parse_line
@@ -157,6 +158,7 @@ class TaskExecutor:
         self._draining = False  # closing: no new task starts here
         self._stopped: set[int] = set()  # running tasks the shutdown stopped
         self._grace = settings.runner.shutdown_grace
+        self.isolation = RunIsolation(settings)
 
     async def start(self, *, local_queue: bool = True, single_process: bool = False) -> None:
         """Begin: recover what a dead process left, then run.
@@ -165,6 +167,7 @@ class TaskExecutor:
         time, FIFO); a worker fed by the job queue calls ``run`` itself instead. Unless ``single_process``,
         other processes may die holding tasks, so expired leases are swept periodically.
         """
+        await self.isolation.detect()  # once; raises when an explicit runner.sandbox: bubblewrap cannot run
         await self.recover(single_process=single_process)
         if local_queue:
             slots = self.settings.runner.max_concurrent
@@ -423,6 +426,8 @@ class TaskExecutor:
             parsed = parse_line(stream, line)
             summary.feed(parsed)
             await writer.add(parsed.stream, parsed.kind, parsed.text, parsed.data)
+            if note := cut_note(line, self.isolation.limits):
+                await writer.add("system", "text", note, None)
 
         tree = await self._prepare_worktree(task)
         if tree is None:
@@ -430,7 +435,10 @@ class TaskExecutor:
         try:
             argv = build_argv(runner.command, task.prompt, resume_session_id=resume)
             cwd = tree.path
-            async with AgentProcess(argv, cwd=cwd, env=scrubbed_env(os.environ, runner.env)) as agent:
+            creator = task.created_by_id  # type: ignore[attr-defined]
+            argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator)
+            env = scrubbed_env(os.environ, runner.env)
+            async with AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed) as agent:
                 outcome = await agent.run(on_line, time_limit=runner.timeout, cancel_event=cancel)
         except (AgentNotFound, ValueError, OSError) as exc:  # the agent could not be started at all
             await writer.close()
@@ -451,6 +459,9 @@ class TaskExecutor:
         elif outcome.timed_out:
             limit = int(runner.timeout)
             await finish(task.id, models.TaskStatus.TIMED_OUT, error=f"Timed out after {limit} s", **fields)
+        elif outcome.limit is not None:
+            error = limit_error(outcome.limit, self.isolation.limits)
+            await finish(task.id, models.TaskStatus.FAILED, error=error, **fields)
         elif not_saved is not None:
             await finish(task.id, models.TaskStatus.FAILED, error=not_saved, **fields)
         elif summary.succeeded(outcome.exit_code):

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
+from aicm.runner.sandbox import detect
 from tests.conftest import REQUIRE_SERVICES, require_services
 from tests.servers import TEST_JWT_SECRET, clean_env, free_port, serve
 from tests.subscriptions.conftest import OwnedRedis
@@ -87,6 +88,7 @@ async def test_redis_down_degrades_health_and_its_return_heals_it(
         "redis": "healthy",
         "auth": "healthy",
         "runner": "embedded",
+        "sandbox": detect("auto").mode,
     }
     # when Redis stops
     await owned_redis.stop()
@@ -98,6 +100,7 @@ async def test_redis_down_degrades_health_and_its_return_heals_it(
         "redis": "unhealthy",
         "auth": "unhealthy",
         "runner": "embedded",
+        "sandbox": detect("auto").mode,
     }
     assert took < QUICKLY
     status, detailed, _ = await health(redis_backed, "/health/detailed")
@@ -236,7 +239,13 @@ async def test_database_down_answers_unhealthy_503_quickly(proxied_server: tuple
     status, body, _ = await health(base)
     assert (status, body["services"]) == (
         200,
-        {"database": "healthy", "redis": "embedded", "auth": "healthy", "runner": "embedded"},
+        {
+            "database": "healthy",
+            "redis": "embedded",
+            "auth": "healthy",
+            "runner": "embedded",
+            "sandbox": detect("auto").mode,
+        },
     )
     # when the database becomes unreachable
     proxy.cut()

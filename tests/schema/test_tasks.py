@@ -114,9 +114,23 @@ async def _child_pid(task_id: int) -> int:
     deadline = time.monotonic() + 10
     while True:
         for line in await models.TaskLog.filter(task_id=task_id, text__contains="Started background process"):
-            return int(line.text.rsplit("pid ", 1)[1].rstrip(")"))
+            return _host_pid(int(line.text.rsplit("pid ", 1)[1].rstrip(")")))
         assert time.monotonic() < deadline, "the agent never started its child"
         await asyncio.sleep(0.05)
+
+
+def _host_pid(pid: int) -> int:
+    """The child's pid as this process sees it: in the sandbox's PID namespace the agent saw another one."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or b"time.sleep(60)" not in (entry / "cmdline").read_bytes():
+                continue
+            nspids = next(x for x in (entry / "status").read_text().splitlines() if x.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(nspids.split()[-1]) == pid:
+            return int(entry.name)
+    raise AssertionError(f"no process runs the agent's child (pid {pid} in its namespace)")
 
 
 def _alive(pid: int) -> bool:
@@ -179,12 +193,12 @@ async def test_timeout_ends_the_task(app: Starlette, client: httpx.AsyncClient) 
 
 
 async def test_a_prompt_full_of_shell_metacharacters_reaches_the_agent_literally(
-    app: Starlette, client: httpx.AsyncClient, tmp_path: Path
+    app: Starlette, client: httpx.AsyncClient
 ) -> None:
     _, _, project, token = await developer_world(app)
-    target = tmp_path / "argv.txt"
-    script = f"import sys, pathlib; pathlib.Path({str(target)!r}).write_text(sys.argv[1])"
     runner = app.state.runtime.settings.runner
+    target = Path(runner.workspace_root) / project.slug / "argv.txt"  # the agent writes only its workspace
+    script = "import sys, pathlib; pathlib.Path('argv.txt').write_text(sys.argv[1])"
     command, runner.command = runner.command, [sys.executable, "-c", script, "{prompt}"]
     prompt = "$(touch /tmp/pwned); rm -rf ~ && echo \"q\" 'x' `id` | ; > {prompt} {} \\ * ?"
     try:
