@@ -32,6 +32,8 @@ REQUIRE_SERVICES = os.environ.get("AICM_REQUIRE_SERVICES") == "1"
 TEST_DATABASE_URL = os.environ.get("AICM_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("AICM_TEST_REDIS_URL", "")
 
+AGENT_SCRIPTS = Path(__file__).resolve().parent / "runner" / "fixtures"
+
 # The bundled demo agent stands in for the Claude CLI (the same interpreter, so it runs wherever tests run).
 DEMO_AGENT = [
     sys.executable,
@@ -79,6 +81,8 @@ def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
     settings.runner.workspace_root = str(tmp / "workspaces")
     settings.runner.command = DEMO_AGENT
     settings.runner.env = {"AICM_DEMO_DELAY": "0"}
+    # Agents run in the sandbox when bubblewrap works: the test agents' scripts must be visible inside it.
+    settings.runner.sandbox_paths.read_only = [str(AGENT_SCRIPTS)]
     # The suite signs in many times from 127.0.0.1 and opens 1000 subscriptions at once, 50 connections of one
     # user: the limiter runs on every request but its buckets (and connection cap) are deep enough never to trip
     # here (a client sending 2000 requests in a row still is limited). tests/http/test_rate_limit.py and
