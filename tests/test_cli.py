@@ -75,7 +75,10 @@ def test_config_check_without_bubblewrap(tmp_path: Path, env: str, sandbox: str,
     # given a machine where bwrap is not on PATH
     (tmp_path / "bin").mkdir()
     config = tmp_path / "aicm.yaml"
-    config.write_text(f"app: {{env: {env}}}\njwt: {{secret: {'s' * 40}}}\nrunner: {{sandbox: {sandbox}}}\n")
+    config.write_text(
+        f"app: {{env: {env}}}\njwt: {{secret: {'s' * 40}}}\nsecurity: {{encryption_key: {'k' * 40}}}\n"
+        f"runner: {{sandbox: {sandbox}}}\n"
+    )
     # when
     result = run(["--config-check", "--config", str(config)], tmp_path, clean_env(PATH=str(tmp_path / "bin")))
     # then
