@@ -8,10 +8,10 @@ defaults). Lists the variables of the operations guide's ``.env``, the override 
 ``REDIS_URL``, ``JWT_SECRET``, ``APP_ENV``, ``LOG_LEVEL``) and every ``${VAR}`` the config file uses.
 
 A variable is *required* when the config file uses it as ``${VAR}`` (no ``:-default``) at a key no override
-variable replaces, and ``JWT_SECRET`` is required in production when the file gives no secret. Values are
-never printed: only set / empty / MISSING / EMPTY and where the value came from. Exit 1 when a required
-variable is missing or empty (``--config-check`` rejects both: an OAuth client id must not be empty), or, in
-production, when the JWT secret is shorter than 32 characters; else 0.
+variable replaces; ``JWT_SECRET`` and ``AICM_ENCRYPTION_KEY`` are required in production when the file gives
+no secret or key. Values are never printed: only set / empty / MISSING / EMPTY and where the value came from.
+Exit 1 when a required variable is missing or empty (``--config-check`` rejects both: an OAuth client id must
+not be empty), or, in production, when the JWT secret is shorter than 32 characters; else 0.
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ def check(config: str | None, environ: Mapping[str, str], cwd: Path) -> tuple[li
     symmetric = str(jwt.get("algorithm") or "HS256") == "HS256"
     if production and symmetric and "JWT_SECRET" not in required and not secret:
         required["JWT_SECRET"] = ["jwt.secret (production)"]
+    key = env.get("AICM_ENCRYPTION_KEY") or str(_section(expanded, "security").get("encryption_key") or "")
+    if production and "AICM_ENCRYPTION_KEY" not in required and not key:
+        required["AICM_ENCRYPTION_KEY"] = ["security.encryption_key (production)"]
 
     names = list(dict.fromkeys([*GUIDE_ENV, *ENV_OVERRIDES, *required, *optional, *replaced]))
     where = str(path) if path else "built-in defaults (no config file)"

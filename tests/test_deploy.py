@@ -517,3 +517,17 @@ def test_operations_doc_names_only_make_targets_files_and_commands_that_exist() 
     commands = {"serve", "migrate", "create-admin", "worker"}
     for used in re.findall(r"aicli-api ([a-z][a-z-]+)", blocks):
         assert used in commands, used
+
+
+def test_env_check_requires_the_encryption_key_in_production(tmp_path: Path) -> None:
+    # given the guide's env (production) without the key --config-check would refuse to run without
+    env = guide_env()
+    del env["AICM_ENCRYPTION_KEY"]
+    # when
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "env_check.py"), "--config", str(ROOT / "config" / "config.example.yaml")],
+        cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    # then
+    assert result.returncode == 1
+    assert re.search(r"MISSING\s+AICM_ENCRYPTION_KEY\s+required by security.encryption_key", result.stderr)
