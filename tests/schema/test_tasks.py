@@ -197,8 +197,7 @@ async def test_a_prompt_full_of_shell_metacharacters_reaches_the_agent_literally
 ) -> None:
     _, _, project, token = await developer_world(app)
     runner = app.state.runtime.settings.runner
-    target = Path(runner.workspace_root) / project.slug / "argv.txt"  # the agent writes only its workspace
-    script = "import sys, pathlib; pathlib.Path('argv.txt').write_text(sys.argv[1])"
+    script = "import sys; print(sys.argv[1])"  # a non-JSON stdout line is stored as it was printed
     command, runner.command = runner.command, [sys.executable, "-c", script, "{prompt}"]
     prompt = "$(touch /tmp/pwned); rm -rf ~ && echo \"q\" 'x' `id` | ; > {prompt} {} \\ * ?"
     try:
@@ -206,7 +205,8 @@ async def test_a_prompt_full_of_shell_metacharacters_reaches_the_agent_literally
     finally:
         runner.command = command
     assert task.status == models.TaskStatus.SUCCEEDED
-    assert target.read_text() == prompt
+    lines = await models.TaskLog.filter(task_id=task.id, stream="stdout").values_list("text", flat=True)
+    assert lines == [prompt]
 
 
 async def test_an_agent_that_cannot_start_fails_with_a_clear_error(
