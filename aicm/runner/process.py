@@ -61,6 +61,7 @@ DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 DEFAULT_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (CONTRACT §7, Runner)
 DEFAULT_DRAIN_TIMEOUT = 2.0  # after the agent exits, stop reading pipes that stay silent this long
 _POLL = 0.05  # how often to look for the agent's exit while waiting on something else
+_RESEND_TERM = 0.5  # sandboxed cancel: how often SIGTERM is sent again to what runs inside
 _REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the kernel to report the exit
 _QUEUE_SIZE = 256  # lines read ahead of the consumer; beyond that the pipes fill and the agent waits
 
@@ -353,9 +354,15 @@ class AgentProcess:
             _signal_descendants(proc.pid, signal.SIGTERM)
         else:
             self._signal_group(signal.SIGTERM)
+        resend = loop.time() + _RESEND_TERM
         while (remaining := deadline - loop.time()) > 0:  # bounded by grace
             if proc.returncode is not None and not self._group_alive():
                 return
+            if self.sandboxed and loop.time() >= resend:
+                # A cancel right after the start can find only the sandbox's init, which ignores SIGTERM
+                # (PID 1 of its namespace): the agent it was about to start gets the signal now.
+                _signal_descendants(proc.pid, signal.SIGTERM)
+                resend = loop.time() + _RESEND_TERM
             await asyncio.sleep(min(_POLL, remaining))
         self.kill()
         with contextlib.suppress(TimeoutError):
