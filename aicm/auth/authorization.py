@@ -161,28 +161,25 @@ async def access_roles(viewer: Viewer, project_id: int) -> frozenset[int]:
 # --- tasks -------------------------------------------------------------------------------------------------
 
 
-async def require_cancel(viewer: Viewer, task: models.Task) -> None:
-    """Any task with ``task:cancel_any``; one's own with ``task:cancel_own``."""
+async def _require_any_or_own(viewer: Viewer, task: models.Task, any_task: str, own_task: str) -> None:
+    """``any_task`` on the task's project, or ``own_task`` there for the task's creator."""
     viewer.require_user()
-    if await can(viewer, Permission.TASK_CANCEL_ANY, task.project):
+    if await can(viewer, any_task, task.project):
         return
     own = task.created_by_id == viewer.user_id  # type: ignore[attr-defined]
-    if own and await can(viewer, Permission.TASK_CANCEL_OWN, task.project):
+    if own and await can(viewer, own_task, task.project):
         return
-    raise deny(
-        viewer, Permission.TASK_CANCEL_ANY if not own else Permission.TASK_CANCEL_OWN, f"Task:{task.id}"
-    )
+    raise deny(viewer, own_task if own else any_task, f"Task:{task.id}")
+
+
+async def require_cancel(viewer: Viewer, task: models.Task) -> None:
+    """Any task with ``task:cancel_any``; one's own with ``task:cancel_own``."""
+    await _require_any_or_own(viewer, task, Permission.TASK_CANCEL_ANY, Permission.TASK_CANCEL_OWN)
 
 
 async def require_push(viewer: Viewer, task: models.Task) -> None:
     """CONTRACT §8: the task's creator (with ``task:create``), or maintainer+ (``project:update``)."""
-    viewer.require_user()
-    if await can(viewer, Permission.PROJECT_UPDATE, task.project):
-        return
-    own = task.created_by_id == viewer.user_id  # type: ignore[attr-defined]
-    if own and await can(viewer, Permission.TASK_CREATE, task.project):
-        return
-    raise deny(viewer, Permission.PROJECT_UPDATE if not own else Permission.TASK_CREATE, f"Task:{task.id}")
+    await _require_any_or_own(viewer, task, Permission.PROJECT_UPDATE, Permission.TASK_CREATE)
 
 
 async def require_merge(viewer: Viewer, task: models.Task) -> None:
