@@ -7,6 +7,7 @@ a page that needs the network fails its test. Screenshots go to ``test-artifacts
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -72,18 +73,21 @@ class Server:
         body = self.gql(
             "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
             {"i": {"email": email, "password": password}},
+            as_="",
         )
+        assert body.get("data"), body
         self.tokens[name] = body["data"]["login"]["accessToken"]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("web")
+@contextlib.contextmanager
+def running_server(tmp: Path, extra_config: str = "") -> Iterator[Server]:
+    """``aicli-api serve`` with the demo agent, the refresh cookie on, an admin and a plain user."""
     config = tmp / "config.yaml"
     command = ", ".join(f'"{part}"' for part in DEMO)
     config.write_text(
         "security:\n  refresh_cookie: {enabled: true, secure: false}\n"
         f"runner:\n  command: [{command}]\n  sandbox: none\n  env: {{AICM_DEMO_DELAY: '0.15'}}\n"
+        "oauth:\n  github: {client_id: web-test-client, client_secret: web-test-secret}\n" + extra_config
     )
     env = clean_env(APP_ENV="test", DATABASE_URL=f"sqlite://{tmp / 'aicm.db'}", JWT_SECRET=TEST_JWT_SECRET)
     subprocess.run(
@@ -101,9 +105,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.gql(
             "mutation($i: RegisterInput!) { register(input: $i) { accessToken } }",
             {"i": {"email": VIEWER[0], "password": VIEWER[1], "name": "Vera Viewer"}},
+            as_="",
         )
         server.sign_in("admin", *ADMIN)
         server.sign_in("viewer", *VIEWER)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("web")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def short_lived_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Access tokens that expire after 4 s: the console must refresh them and reconnect its socket."""
+    with running_server(
+        tmp_path_factory.mktemp("web-short"), "jwt:\n  access_token_duration: 4s\n"
+    ) as server:
         yield server
 
 
@@ -137,7 +157,7 @@ class Page:
 
 
 @pytest.fixture
-def page(browser: Any, server: Server) -> Iterator[Page]:
+def page(browser: Any) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     context.set_default_timeout(20_000)
     blocked: list[str] = []
@@ -157,3 +177,13 @@ def page(browser: Any, server: Server) -> Iterator[Page]:
     context.close()
     assert not blocked, f"requests to other hosts: {blocked}"
     assert not errors, f"page errors: {errors}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed browser test leaves a screenshot of where it stopped (``FAILED-<test>.png``)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    page = getattr(item, "funcargs", {}).get("page")
+    if report.when == "call" and report.failed and isinstance(page, Page):
+        page.shot(f"FAILED-{item.name}")

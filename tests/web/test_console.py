@@ -199,3 +199,33 @@ def test_static_assets_are_cached_and_pages_run_no_inline_script(server: Server)
     assert response.headers["content-type"].startswith(("text/javascript", "application/javascript"))
     assert httpx.get(f"{server.base}/assets/..%2Fconfig.yaml").status_code == 404
     assert httpx.get(f"{server.base}/assets/nope-12345678.js").status_code == 404
+
+
+def test_expired_tokens_are_refreshed_and_the_socket_reconnects_without_a_gap(
+    page: Page, short_lived_server: Server
+) -> None:
+    server = short_lived_server
+    refreshes: list[str] = []
+    page.page.on(
+        "request", lambda r: refreshes.append(r.url) if "mutation Refresh" in (r.post_data or "") else None
+    )
+    sign_in(page, server, *ADMIN)
+    server.sign_in("admin", *ADMIN)  # the fixture's token is long expired
+    project = make_project(server, "Short tokens")
+    task = server.data(
+        "mutation($i: CreateTaskInput!) { createTask(input: $i) { id } }",
+        {"i": {"projectId": project, "prompt": "Outlive the token sleep:10"}},
+    )["createTask"]["id"]
+    page.page.goto(f"{server.base}/#/t/{task}")
+    page.page.locator("[data-seq='2']").wait_for()
+    # the socket is closed (4403) when its token expires, every 4 s: the log and the status still arrive
+    wait_status(page, "SUCCEEDED", timeout=60)
+    page.page.locator("[data-kind=result]").wait_for()
+    server.sign_in("admin", *ADMIN)
+    stored = server.data("query($id: ID!) { task(id: $id) { logs(first: 100) { seq } } }", {"id": task})
+    assert seqs(page) == [line["seq"] for line in stored["task"]["logs"]]
+    assert len(refreshes) >= 2, refreshes
+    # and plain requests go on after the expiry
+    page.page.get_by_role("link", name="Sessions").click()
+    page.page.get_by_text("(this one)").wait_for()
+    assert "eyJ" not in storage(page)

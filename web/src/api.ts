@@ -63,27 +63,41 @@ function csrfToken(): string | undefined {
 }
 
 const VIEWER = "user { id email name roles { name permissions } }";
+// With the cookie flow the page never asks for the refresh token: it only travels in the HttpOnly cookie.
+const ISSUED = `accessToken ${config.refreshCookie ? "" : "refreshToken"} expiresIn ${VIEWER}`;
 
 interface Payload {
   accessToken: string;
-  refreshToken: string;
+  refreshToken?: string;
   expiresIn: number;
   user: Viewer;
 }
 
+let lifetime = 0;
+
+/** True when the access token is missing or within its last tenth (at most 10 s) of life. */
+const stale = () => !accessToken || Date.now() > expiresAt - Math.min(10_000, lifetime / 10);
+
 function signedIn(p: Payload) {
   accessToken = p.accessToken;
   if (!config.refreshCookie && p.refreshToken) refreshTokenInMemory = p.refreshToken;
-  expiresAt = Date.now() + p.expiresIn * 1000;
-  window.clearTimeout(refreshTimer);
-  refreshTimer = window.setTimeout(() => void refresh(), Math.max(5_000, (p.expiresIn - 30) * 1000));
+  lifetime = p.expiresIn * 1000;
+  expiresAt = Date.now() + lifetime;
+  // Refresh ahead of the expiry: at four fifths of the token's life, at most 30 s before it ends.
+  scheduleRefresh(lifetime - Math.min(30_000, lifetime / 5));
   setViewer(p.user);
+}
+
+function scheduleRefresh(ms: number) {
+  window.clearTimeout(refreshTimer);
+  refreshTimer = window.setTimeout(() => void refresh(), Math.max(1_000, ms));
 }
 
 function signedOut() {
   accessToken = null;
   refreshTokenInMemory = null;
   expiresAt = 0;
+  lifetime = 0;
   window.clearTimeout(refreshTimer);
   setViewer(null);
   ws?.terminate();
@@ -121,14 +135,16 @@ export function refresh(): Promise<boolean> {
   refreshing ??= (async () => {
     try {
       const data = await post(
-        `mutation Refresh($t: String!) { refreshToken(refreshToken: $t) { accessToken refreshToken expiresIn ${VIEWER} } }`,
+        `mutation Refresh($t: String!) { refreshToken(refreshToken: $t) { ${ISSUED} } }`,
         { t: config.refreshCookie ? "" : refreshTokenInMemory },
         false,
       );
       signedIn(data.refreshToken);
       return true;
-    } catch {
-      signedOut();
+    } catch (e) {
+      // Refused (expired, revoked, reused): signed out. Rate limited or unreachable: try again soon.
+      if (e instanceof ApiError && e.code === "UNAUTHENTICATED") signedOut();
+      else scheduleRefresh(5_000);
       return false;
     } finally {
       refreshing = null;
@@ -139,7 +155,7 @@ export function refresh(): Promise<boolean> {
 
 /** Run a query or mutation; an UNAUTHENTICATED answer refreshes the token once and retries. */
 export async function gql<T = any>(query: string, variables?: Record<string, unknown>): Promise<T> {
-  if (accessToken && Date.now() > expiresAt - 10_000) await refresh();
+  if (accessToken && stale()) await refresh();
   try {
     return await post(query, variables, true);
   } catch (e) {
@@ -152,7 +168,7 @@ export async function gql<T = any>(query: string, variables?: Record<string, unk
 
 export async function login(email: string, password: string) {
   const data = await post(
-    `mutation Login($i: LoginInput!) { login(input: $i) { accessToken refreshToken expiresIn ${VIEWER} } }`,
+    `mutation Login($i: LoginInput!) { login(input: $i) { ${ISSUED} } }`,
     { i: { email, password } },
     false,
   );
@@ -161,7 +177,7 @@ export async function login(email: string, password: string) {
 
 export async function register(email: string, password: string, name: string) {
   const data = await post(
-    `mutation Register($i: RegisterInput!) { register(input: $i) { accessToken refreshToken expiresIn ${VIEWER} } }`,
+    `mutation Register($i: RegisterInput!) { register(input: $i) { ${ISSUED} } }`,
     { i: { email, password, name } },
     false,
   );
@@ -184,7 +200,8 @@ export async function resume(): Promise<string | null> {
     if (fragment.has("error")) return fragment.get("error_description") || fragment.get("error");
     accessToken = fragment.get("access_token");
     const refreshToken = fragment.get("refresh_token");
-    expiresAt = Date.now() + Number(fragment.get("expires_in") || 60) * 1000;
+    lifetime = Number(fragment.get("expires_in") || 60) * 1000;
+    expiresAt = Date.now() + lifetime;
     if (refreshToken) {
       // Trade the URL's refresh token for a cookie (or keep it in memory): it rotates, so the old one is dead.
       refreshTokenInMemory = refreshToken;
@@ -213,9 +230,11 @@ export function socket(): Client {
     url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/graphql`,
     lazy: true,
     retryAttempts: 1_000,
+    // Quick first retries: a socket the server closed at the token's expiry comes back at once.
+    retryWait: (retries) => new Promise((resolve) => setTimeout(resolve, Math.min(250 * 2 ** retries, 10_000))),
     shouldRetry: () => viewer !== null,
     connectionParams: async () => {
-      if (forceRefresh || !accessToken || Date.now() > expiresAt - 10_000) {
+      if (forceRefresh || stale()) {
         forceRefresh = false;
         await refresh();
       }
@@ -249,6 +268,13 @@ export function subscribe<T>(query: string, variables: Record<string, unknown>, 
       complete: () => sink.complete?.(),
     },
   );
+}
+
+/** Called after the socket came back (a retry): what changed meanwhile may have to be read again. */
+export function onReconnect(fn: () => void): () => void {
+  return socket().on("connected", (_socket, _payload, wasRetry) => {
+    if (wasRetry) fn();
+  });
 }
 
 export const can = (permission: string) =>

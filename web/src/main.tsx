@@ -4,7 +4,7 @@ import "./style.css";
 import { html as diffHtml } from "diff2html";
 import { render } from "preact";
 import { useCallback, useEffect, useState } from "preact/hooks";
-import { ApiError, can, config, currentViewer, gql, login, logout, onViewer, register, resume, subscribe, type Viewer } from "./api";
+import { ApiError, can, config, currentViewer, gql, login, logout, onReconnect, onViewer, register, resume, subscribe, type Viewer } from "./api";
 import { Line, useTaskLog } from "./log";
 
 // ---------------------------------------------------------------- helpers
@@ -119,8 +119,8 @@ function SignIn({ notice }: { notice: string | null }) {
             <h2>Or sign in with</h2>
             <div class="row">
               {config.oauthProviders.map((p) => (
-                <a key={p} class="button" role="button" href={`/auth/oauth/${encodeURIComponent(p)}/login`}>
-                  <button type="button" tabIndex={-1}>{p}</button>
+                <a key={p} class="button" href={`/auth/oauth/${encodeURIComponent(p)}/login`}>
+                  Sign in with {p[0].toUpperCase() + p.slice(1)}
                 </a>
               ))}
             </div>
@@ -245,6 +245,7 @@ function Project({ id }: { id: string }) {
       ),
     [id],
   );
+  useEffect(() => onReconnect(reload), [id]);
   if (error) return <main><Err error={error} /></main>;
   if (!data) return <main><p>Loading…</p></main>;
   const p = data.project;
@@ -558,6 +559,8 @@ function Task({ id }: { id: string }) {
       }),
     [id],
   );
+  // Status changes sent while the socket was away are read again; so is the end of the log.
+  useEffect(() => onReconnect(reload), [id]);
   if (error) return <main><Err error={error} /></main>;
   if (!data) return <main><p>Loading…</p></main>;
   const t = data.task;
@@ -585,7 +588,7 @@ function Task({ id }: { id: string }) {
         <TaskActions task={t} finished={finished} mayCancel={mayCancel} mayPush={mayPush} mayMerge={mayMerge} onChange={reload} />
       </div>
       <Approvals taskId={t.id} role={perms.role} admin={perms.perms.has("user:manage")} />
-      <Log taskId={t.id} />
+      <Log taskId={t.id} onDone={reload} />
       {finished && <Changes taskId={t.id} head={t.headCommit} />}
       {finished && perms.perms.has("task:create") && <FollowUp taskId={t.id} />}
     </main>
@@ -616,8 +619,11 @@ function TaskActions({ task, finished, mayCancel, mayPush, mayMerge, onChange }:
   );
 }
 
-function Log({ taskId }: { taskId: string }) {
+function Log({ taskId, onDone }: { taskId: string; onDone: () => void }) {
   const { lines, done, error } = useTaskLog(taskId);
+  useEffect(() => {
+    if (done) onDone();
+  }, [done]);
   return (
     <section class="card" aria-labelledby="log-h">
       <h2 id="log-h">Log {done ? <span class="muted">(complete)</span> : <span class="muted">(live)</span>}</h2>
