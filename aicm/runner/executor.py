@@ -28,7 +28,7 @@ from aicm import models
 from aicm.config import Settings
 from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
-from aicm.runner.agent_credentials import RunKey, UndecryptableCredential, run_key
+from aicm.runner.agent_credentials import ENV_NAMES, RunKey, UndecryptableCredential, run_key
 from aicm.runner.command import AgentFlags, build_argv, scrubbed_env
 from aicm.runner.isolation import RunIsolation, cut_note, limit_error
 from aicm.runner.logs import LogWriter
@@ -444,7 +444,7 @@ class TaskExecutor:
             await finish(task.id, models.TaskStatus.FAILED, error=f"Could not start the agent: {exc}")
             return
         # An agent told to print its key must not put it in the task's log (readable by every project viewer).
-        secret = env.get("ANTHROPIC_API_KEY", "")
+        secret = env.get(ENV_NAMES["anthropic"], "")
         secret = secret if len(secret) >= MIN_REDACTED else ""
         summary = RunSummary()
         writer = LogWriter(task.id, task.last_seq)
