@@ -260,6 +260,7 @@ class RunnerConfig:
     sandbox_paths: SandboxPathsConfig = field(default_factory=SandboxPathsConfig)
     network: bool = True  # false: the agent runs with no network at all (needs the sandbox)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    agent_cli: str = "claude"  # claude: the runner adds Claude CLI flags (--max-budget-usd...); generic: none
 
 
 @dataclass
@@ -580,6 +581,7 @@ def _check_auth_and_runner(s: Settings, problems: _Problems) -> None:
     if not s.runner.embedded and not s.redis.enabled:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
     problems.one_of("runner.sandbox", s.runner.sandbox, ("auto", "bubblewrap", "none"))
+    problems.one_of("runner.agent_cli", s.runner.agent_cli, ("claude", "generic"))
     if not s.runner.network and s.runner.sandbox == "none":
         problems.append("runner.network: false needs the sandbox (runner.sandbox is none)")
     for name, value in vars(s.runner.limits).items():

@@ -20,6 +20,7 @@ from aicm import models
 from aicm.auth import authorization
 from aicm.auth.viewer import Viewer
 from aicm.ids import MAX_KEY
+from aicm.resolvers import budgets
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -58,6 +59,7 @@ class Loaders:
         self.role_by_id: DataLoader[int, models.Role | None] = _loader(self._roles)
         self.system_roles_by_user_id: DataLoader[int, list[models.Role]] = _loader(self._system_roles)
         self.overlaps_by_task: DataLoader[int, list[models.Task]] = _loader(self._overlaps)
+        self.month_cost_by_project_id: DataLoader[int, float] = _loader(self._month_costs)
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
@@ -140,6 +142,11 @@ class Loaders:
                 ]
             )
         return found
+
+    async def _month_costs(self, project_ids: list[int]) -> list[float]:
+        """This month's summed task costs per project, over the tasks the viewer may read."""
+        costs = await budgets.month_costs(project_ids, await authorization.visible_tasks(self.viewer))
+        return [costs[project_id] for project_id in project_ids]
 
     async def _viewer_roles(self, project_ids: list[int]) -> list[models.Role | None]:
         roles = (authorization.project_role(self.viewer, project_id) for project_id in project_ids)

@@ -5,13 +5,21 @@ whatever characters it holds.
 
 >>> build_argv(["claude", "-p", "{prompt}", "--verbose"], "fix $(this) {0}", resume_session_id="abc-1")
 ['claude', '-p', 'fix $(this) {0}', '--verbose', '--resume', 'abc-1']
+
+Flags for what a task asks of the Claude CLI come from ``AgentFlags`` (with ``runner.agent_cli: claude``)::
+
+>>> build_argv(["claude", "-p", "{prompt}"], "go", options=AgentFlags(max_budget_usd=0.5).argv())
+['claude', '-p', 'go', '--max-budget-usd', '0.5']
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 
 __all__ = [
     "ENV_ALLOWED_NAMES",
@@ -19,6 +27,7 @@ __all__ = [
     "PROMPT_PLACEHOLDER",
     "PYTHON_PLACEHOLDER",
     "SESSION_ID_PATTERN",
+    "AgentFlags",
     "build_argv",
     "scrubbed_env",
 ]
@@ -35,8 +44,35 @@ SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str | None = None) -> list[str]:
-    """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given.
+@dataclass(frozen=True)
+class AgentFlags:
+    """What a run asks of the Claude CLI, as its flags (``argv``); a field left ``None`` adds nothing.
+
+    >>> AgentFlags(max_budget_usd=2.0).argv()
+    ['--max-budget-usd', '2.0']
+    """
+
+    max_budget_usd: float | None = None
+
+    def argv(self) -> list[str]:
+        flags: list[str] = []
+        if self.max_budget_usd is not None:
+            if not (math.isfinite(self.max_budget_usd) and self.max_budget_usd > 0):
+                raise ValueError(f"max_budget_usd must be a positive number: {self.max_budget_usd!r}")
+            # Plain decimal notation: 1e-05 would not parse as a dollar amount everywhere.
+            flags += ["--max-budget-usd", format(Decimal(repr(self.max_budget_usd)), "f")]
+        return flags
+
+
+def build_argv(
+    template: Sequence[str],
+    prompt: str,
+    *,
+    resume_session_id: str | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given, then
+    ``options`` (e.g. ``AgentFlags(...).argv()``) as they are.
 
     An element that is exactly ``{python}`` becomes the server's own interpreter (``sys.executable``).
 
@@ -69,6 +105,10 @@ def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str |
         if not SESSION_ID_PATTERN.fullmatch(resume_session_id):
             raise ValueError(f"not a valid session id: {resume_session_id!r}")
         argv += ["--resume", resume_session_id]
+    for option in options:
+        if "\x00" in option:
+            raise ValueError("agent options must not contain NUL characters")
+        argv.append(option)
     return argv
 
 

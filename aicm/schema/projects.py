@@ -10,6 +10,7 @@ import strawberry
 
 from aicm import models
 from aicm.errors import NotFound
+from aicm.resolvers import agent_credentials as agent_credentials_resolvers
 from aicm.resolvers import projects as projects_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.schema.context import Info
@@ -19,6 +20,7 @@ from aicm.schema.relay import Connection, connection, decode_id, encode_id
 from aicm.schema.roles import Role
 from aicm.schema.tasks import Task, TaskStatus
 from aicm.schema.users import User
+from aicm.schema.viewer import AgentCredentialInput
 
 if TYPE_CHECKING:
     from aicm.auth.viewer import Viewer
@@ -76,6 +78,14 @@ class Project:
     has_credential: bool = strawberry.field(
         description="Whether a repository credential is set (write-only)."
     )
+    has_agent_credential: bool = strawberry.field(
+        description="Whether the project's agent API key is set (write-only); used by tasks whose creator "
+        "has none of their own."
+    )
+    monthly_budget_usd: float | None = strawberry.field(
+        description="New tasks are refused (FORBIDDEN, reason BUDGET_EXCEEDED) once monthCostUsd reaches it; "
+        "null = no budget."
+    )
     pk: strawberry.Private[int]
     owner_pk: strawberry.Private[int]
 
@@ -89,7 +99,12 @@ class Project:
             pk=project.id,
             owner_pk=project.owner_id,  # type: ignore[attr-defined]
             has_credential=bool(project.credential_secret),
+            has_agent_credential=bool(project.agent_credential_secret),
         )
+
+    @strawberry.field(description="The summed costUsd of the tasks created this calendar month (UTC).")
+    async def month_cost_usd(self, info: Info) -> float:
+        return await info.context.loaders.month_cost_by_project_id.load(self.pk)
 
     @strawberry.field(description="One of the members holding an owner role.")
     async def owner(self, info: Info) -> User:
@@ -135,6 +150,9 @@ class UpdateProjectInput:
     description: str | None = None
     repository_url: str | None = None
     default_branch: str | None = None
+    monthly_budget_usd: float | None = strawberry.field(
+        default=strawberry.UNSET, description="Maintainer+; null removes the budget, absent keeps it."
+    )
 
 
 @strawberry.input(description="An HTTPS token or an SSH private key; neither clears the credential.")
@@ -211,6 +229,11 @@ class ProjectMutations:
             description=input.description,
             repository_url=input.repository_url,
             default_branch=input.default_branch,
+            monthly_budget_usd=(
+                projects_resolvers.UNCHANGED
+                if input.monthly_budget_usd is strawberry.UNSET
+                else input.monthly_budget_usd
+            ),
         )
         return Project.from_model(project)
 
@@ -236,6 +259,22 @@ class ProjectMutations:
             _project_id(project_id, "projectId"),
             token=input.token,
             ssh_private_key=input.ssh_private_key,
+        )
+        return Project.from_model(project)
+
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="Maintainer+: set (or, without apiKey, remove) the project's agent credential.",
+    )
+    async def set_project_agent_credential(
+        self, info: Info, project_id: strawberry.ID, input: AgentCredentialInput
+    ) -> Project:
+        project = await agent_credentials_resolvers.set_project_agent_credential(
+            info.context.viewer,
+            info.context.runtime.workspaces,
+            _project_id(project_id, "projectId"),
+            provider=input.provider,
+            api_key=input.api_key,
         )
         return Project.from_model(project)
 

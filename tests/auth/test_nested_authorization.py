@@ -114,6 +114,7 @@ QUERIES = [
     Row("user", "query($user: ID!) { user(id: $user) { email } }", "user.email",
         outcome(PROJECT_READERS, HIDDEN)),
     Row("me", "{ me { email } }", "me.email", outcome(frozenset(ACTORS), HIDDEN)),
+    Row("viewer.user", "{ viewer { user { email } } }", "viewer.user.email", outcome(frozenset(ACTORS), HIDDEN)),
     Row("auditLog.actor", "{ auditLog { edges { node { actor { email } } } } }",
         "auditLog.edges.node.actor.email", outcome(frozenset({"admin", "auditor"}), FORBID)),
 ]  # fmt: skip
