@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import Any
 
 from tests.web.conftest import ADMIN, VIEWER, Page, Server
 
@@ -229,3 +230,48 @@ def test_expired_tokens_are_refreshed_and_the_socket_reconnects_without_a_gap(
     page.page.get_by_role("link", name="Sessions").click()
     page.page.get_by_text("(this one)").wait_for()
     assert "eyJ" not in storage(page)
+
+
+def wait_task(server: Server, task: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = server.data("query($id: ID!) { task(id: $id) { status costUsd } }", {"id": task})["task"]
+        if found["status"] in {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"task {task} did not finish")
+
+
+def test_budget_and_write_only_agent_keys(page: Page, server: Server) -> None:
+    project = make_project(server, "Budgeted")
+    task = server.data(
+        "mutation($i: CreateTaskInput!) { createTask(input: $i) { id } }",
+        {"i": {"projectId": project, "prompt": "Spend cost:0.05"}},
+    )["createTask"]["id"]
+    assert wait_task(server, task)["costUsd"] > 0
+    p = page.page
+    sign_in(page, server, *ADMIN)
+    p.goto(f"{server.base}/#/p/{project}")
+    p.get_by_role("heading", name="Agent budget and key").wait_for()
+    assert "$0.05" in p.get_by_test_id("month-cost").inner_text()
+    # a budget the month already reached: new tasks are refused, and the page says why
+    p.get_by_label("Monthly budget in USD").fill("0.01")
+    p.get_by_role("button", name="Save budget").click()
+    p.get_by_role("status").get_by_text("Budget saved").wait_for()
+    p.get_by_label("Prompt").fill("One more")
+    p.get_by_role("button", name="Start task").click()
+    p.get_by_role("alert").get_by_text("FORBIDDEN").wait_for()
+    # the project's agent key: write-only
+    secret = "sk-ant-web-test-0123456789"
+    p.get_by_label(re.compile("Project Anthropic API key")).fill(secret)
+    p.get_by_role("button", name="Save API key").click()
+    p.get_by_text(re.compile(r"Project Anthropic API key \(write-only; one is set\)")).wait_for()
+    assert p.get_by_label(re.compile("Project Anthropic API key")).input_value() == ""
+    page.shot("project-settings")
+    # one's own key, on the sessions page
+    p.get_by_role("link", name="Sessions").click()
+    p.get_by_label(re.compile("Anthropic API key")).fill(secret)
+    p.get_by_role("button", name="Save API key").click()
+    p.get_by_text("one is set").wait_for()
+    assert secret not in p.content() and secret not in storage(page)
+    assert server.data("{ viewer { hasAgentCredential } }")["viewer"]["hasAgentCredential"] is True

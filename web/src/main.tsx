@@ -399,6 +399,8 @@ function Members({ project, perms, onChange }: { project: any; perms: ProjectPer
   );
 }
 
+type Run = (fn: () => Promise<unknown>) => Promise<void>;
+
 function Settings({ project, onChange }: { project: any; onChange: () => void }) {
   const [name, setName] = useState(project.name);
   const [description, setDescription] = useState(project.description);
@@ -406,18 +408,23 @@ function Settings({ project, onChange }: { project: any; onChange: () => void })
   const [token, setToken] = useState("");
   const [run, busy, error] = useAction();
   const [saved, setSaved] = useState<string | null>(null);
-  // Approvals, budgets, agent credentials and webhooks (CONTRACT §9, §10): shown when the server has them.
-  const { data: extra, reload: reloadExtra } = useQuery(
+  // Budgets and agent credentials (CONTRACT §9); approvals and webhooks (§10): shown when the server has them.
+  const { data: budget, reload: reloadBudget } = useQuery(
+    () => optional<any>(`query B($id: ID!) { project(id: $id) { monthlyBudgetUsd monthCostUsd hasAgentCredential } }`, { id: project.id }),
+    [project.id],
+  );
+  const { data: approvals, reload: reloadApprovals } = useQuery(
     () =>
       optional<any>(
-        `query X($id: ID!) { project(id: $id) { agentPermissionMode approverRole { id name } monthlyBudgetUsd monthCostUsd hasAgentCredential
-           webhooks { id url events } } roles(scope: PROJECT) { id name } }`,
+        `query X($id: ID!) { project(id: $id) { agentPermissionMode approverRole { id name } webhooks { id url events } } roles(scope: PROJECT) { id name } }`,
         { id: project.id },
       ),
     [project.id],
   );
   const done = (what: string) => {
     setSaved(what);
+    reloadBudget();
+    reloadApprovals();
     onChange();
   };
   const save = (e: Event) => {
@@ -456,29 +463,25 @@ function Settings({ project, onChange }: { project: any; onChange: () => void })
         <input id="s-token" type="password" autocomplete="off" value={token} onInput={(e) => setToken(e.currentTarget.value)} />
         <div><button type="submit" disabled={busy || !token}>Save repository credential</button></div>
       </form>
-      {extra && <AgentSettings project={project} extra={extra} run={run} busy={busy} done={(w) => (reloadExtra(), done(w))} />}
+      {budget && <BudgetSettings project={project} x={budget.project} run={run} busy={busy} done={done} />}
+      {approvals && <ApprovalSettings project={project} extra={approvals} run={run} busy={busy} done={done} />}
       {saved && <p class="ok" role="status">{saved}</p>}
       <Err error={error} />
     </section>
   );
 }
 
-function AgentSettings({ project, extra, run, busy, done }: { project: any; extra: any; run: (fn: () => Promise<unknown>) => Promise<void>; busy: boolean; done: (what: string) => void }) {
-  const x = extra.project;
-  const [mode, setMode] = useState(x.agentPermissionMode ?? "DEFAULT");
-  const [approver, setApprover] = useState(x.approverRole?.id ?? "");
+function BudgetSettings({ project, x, run, busy, done }: { project: any; x: any; run: Run; busy: boolean; done: (what: string) => void }) {
   const [budget, setBudget] = useState(x.monthlyBudgetUsd == null ? "" : String(x.monthlyBudgetUsd));
   const [apiKey, setApiKey] = useState("");
-  const [hookUrl, setHookUrl] = useState("");
-  const [hookSecret, setHookSecret] = useState("");
   const save = (e: Event) => {
     e.preventDefault();
     void run(async () => {
       await gql(`mutation U($id: ID!, $i: UpdateProjectInput!) { updateProject(id: $id, input: $i) { id } }`, {
         id: project.id,
-        i: { agentPermissionMode: mode, approverRoleId: approver || null, monthlyBudgetUsd: budget === "" ? null : Number(budget) },
+        i: { monthlyBudgetUsd: budget === "" ? null : Number(budget) },
       });
-      done("Agent settings saved");
+      done("Budget saved");
     });
   };
   const saveKey = (e: Event) => {
@@ -491,10 +494,44 @@ function AgentSettings({ project, extra, run, busy, done }: { project: any; extr
       done("Agent API key saved");
     });
   };
+  return (
+    <>
+      <h2>Agent budget and key</h2>
+      <form onSubmit={save}>
+        <label for="s-budget">Monthly budget in USD (empty: none)</label>
+        <p class="muted" data-testid="month-cost">This month: {money(x.monthCostUsd)}{x.monthlyBudgetUsd != null && ` of ${money(x.monthlyBudgetUsd)}`}</p>
+        <input id="s-budget" type="number" min="0" step="0.01" value={budget} onInput={(e) => setBudget(e.currentTarget.value)} />
+        <div><button type="submit" disabled={busy}>Save budget</button></div>
+      </form>
+      <form onSubmit={saveKey}>
+        <label for="s-apikey">Project Anthropic API key (write-only; {x.hasAgentCredential ? "one is set" : "none set"})</label>
+        <input id="s-apikey" type="password" autocomplete="off" value={apiKey} onInput={(e) => setApiKey(e.currentTarget.value)} />
+        <div><button type="submit" disabled={busy || !apiKey}>Save API key</button></div>
+      </form>
+    </>
+  );
+}
+
+function ApprovalSettings({ project, extra, run, busy, done }: { project: any; extra: any; run: Run; busy: boolean; done: (what: string) => void }) {
+  const x = extra.project;
+  const [mode, setMode] = useState(x.agentPermissionMode ?? "DEFAULT");
+  const [approver, setApprover] = useState(x.approverRole?.id ?? "");
+  const [hookUrl, setHookUrl] = useState("");
+  const [hookSecret, setHookSecret] = useState("");
+  const save = (e: Event) => {
+    e.preventDefault();
+    void run(async () => {
+      await gql(`mutation U($id: ID!, $i: UpdateProjectInput!) { updateProject(id: $id, input: $i) { id } }`, {
+        id: project.id,
+        i: { agentPermissionMode: mode, approverRoleId: approver || null },
+      });
+      done("Approval settings saved");
+    });
+  };
   const addHook = (e: Event) => {
     e.preventDefault();
     void run(async () => {
-      await gql(`mutation W($p: ID!, $i: ProjectWebhookInput!) { addProjectWebhook(projectId: $p, input: $i) { id } }`, {
+      await gql(`mutation W($p: ID!, $i: AddProjectWebhookInput!) { addProjectWebhook(projectId: $p, input: $i) { id } }`, {
         p: project.id, i: { url: hookUrl, events: ["TASK_FINISHED", "APPROVAL_REQUESTED"], secret: hookSecret },
       });
       setHookUrl("");
@@ -510,8 +547,8 @@ function AgentSettings({ project, extra, run, busy, done }: { project: any; extr
   return (
     <>
       <form onSubmit={save}>
-        <h2>Agent</h2>
-        <label for="s-mode">Permission mode</label>
+        <h2>Tool approvals</h2>
+        <label for="s-mode">Agent permission mode</label>
         <select id="s-mode" value={mode} onChange={(e) => setMode(e.currentTarget.value)}>
           {["DEFAULT", "ACCEPT_EDITS", "PLAN", "BYPASS"].map((m) => <option key={m}>{m}</option>)}
         </select>
@@ -519,14 +556,7 @@ function AgentSettings({ project, extra, run, busy, done }: { project: any; extr
         <select id="s-approver" value={approver} onChange={(e) => setApprover(e.currentTarget.value)}>
           {extra.roles.map((r: any) => <option key={r.id} value={r.id}>{r.name}</option>)}
         </select>
-        <label for="s-budget">Monthly budget in USD (empty: none; this month: {money(x.monthCostUsd)})</label>
-        <input id="s-budget" type="number" min="0" step="0.01" value={budget} onInput={(e) => setBudget(e.currentTarget.value)} />
-        <div><button type="submit" disabled={busy}>Save agent settings</button></div>
-      </form>
-      <form onSubmit={saveKey}>
-        <label for="s-apikey">Project Anthropic API key (write-only; {x.hasAgentCredential ? "one is set" : "none set"})</label>
-        <input id="s-apikey" type="password" autocomplete="off" value={apiKey} onInput={(e) => setApiKey(e.currentTarget.value)} />
-        <div><button type="submit" disabled={busy || !apiKey}>Save API key</button></div>
+        <div><button type="submit" disabled={busy}>Save approval settings</button></div>
       </form>
       <h2>Webhooks</h2>
       <ul>
@@ -539,7 +569,7 @@ function AgentSettings({ project, extra, run, busy, done }: { project: any; extr
         <input id="s-hook" type="url" value={hookUrl} onInput={(e) => setHookUrl(e.currentTarget.value)} />
         <label for="s-hooksecret">Webhook secret (write-only)</label>
         <input id="s-hooksecret" type="password" autocomplete="off" value={hookSecret} onInput={(e) => setHookSecret(e.currentTarget.value)} />
-        <div><button type="submit" disabled={busy || !hookUrl}>Add webhook</button></div>
+        <div><button type="submit" disabled={busy || !hookUrl || !hookSecret}>Add webhook</button></div>
       </form>
     </>
   );
@@ -587,7 +617,7 @@ function Task({ id }: { id: string }) {
           {t.parentId && <> · follows up <a href={`#/t/${t.parentId}`}>an earlier task</a></>}</p>
         <TaskActions task={t} finished={finished} mayCancel={mayCancel} mayPush={mayPush} mayMerge={mayMerge} onChange={reload} />
       </div>
-      <Approvals taskId={t.id} role={perms.role} admin={perms.perms.has("user:manage")} />
+      <Approvals taskId={t.id} projectId={t.project.id} status={t.status} admin={perms.perms.has("user:manage")} />
       <Log taskId={t.id} onDone={reload} />
       {finished && <Changes taskId={t.id} head={t.headCommit} />}
       {finished && perms.perms.has("task:create") && <FollowUp taskId={t.id} />}
@@ -697,10 +727,15 @@ function useApprovals(taskId: string | null) {
       const r = await optional<any>(`query A($id: ID!) { task(id: $id) { approvals { ${APPROVAL} } } }`, { id: taskId });
       return r ? r.task.approvals : null;
     }
-    const list = await optional<any>(`{ approvalRequests(status: PENDING) { ${APPROVAL} } }`);
-    if (list) return list.approvalRequests;
-    const conn = await optional<any>(`{ approvalRequests(status: PENDING, first: 100) { edges { node { ${APPROVAL} } } } }`);
-    return conn ? conn.approvalRequests.edges.map((e: any) => e.node) : null;
+    const projects = await gql(`{ projects(first: 100) { edges { node { id } } } }`);
+    const ids: string[] = projects.projects.edges.map((e: any) => e.node.id);
+    const pending = await Promise.all(
+      ids.map((id) =>
+        optional<any>(`query P($p: ID!) { approvalRequests(projectId: $p, status: PENDING, first: 100) { edges { node { ${APPROVAL} } } } }`, { p: id }),
+      ),
+    );
+    if (ids.length && pending.every((r) => r === null)) return null;
+    return pending.flatMap((r) => (r ? r.approvalRequests.edges.map((e: any) => e.node) : []));
   }, [taskId]);
 }
 
@@ -751,12 +786,25 @@ function ApprovalList({ items, admin, onDone }: { items: any[]; admin: boolean; 
   );
 }
 
-function Approvals({ taskId, admin }: { taskId: string; role: string | null; admin: boolean }) {
+function Approvals({ taskId, projectId, status, admin }: { taskId: string; projectId: string; status: string; admin: boolean }) {
   const { data, reload } = useApprovals(taskId);
+  // Live from the project's approvalRequests subscription; every few seconds while the task runs, should the
+  // server not have it.
+  const [live, setLive] = useState(true);
+  useEffect(
+    () =>
+      subscribe(`subscription A($p: ID!) { approvalRequests(projectId: $p) { id } }`, { p: projectId }, {
+        next: () => reload(),
+        error: () => setLive(false),
+      }),
+    [projectId],
+  );
+  useEffect(reload, [status]);
   useEffect(() => {
+    if (live || FINISHED.has(status)) return;
     const t = window.setInterval(reload, 3000);
     return () => window.clearInterval(t);
-  }, [reload]);
+  }, [live, status]);
   if (!data || data.length === 0) return null;
   return (
     <section class="card" aria-labelledby="approvals-h">
@@ -791,7 +839,7 @@ function Sessions() {
   const [run, busy, actionError] = useAction();
   const [apiKey, setApiKey] = useState("");
   const [saved, setSaved] = useState<string | null>(null);
-  const { data: me } = useQuery(() => optional<any>(`{ me { hasAgentCredential } }`), [saved]);
+  const { data: me } = useQuery(() => optional<any>(`{ viewer { hasAgentCredential } }`), [saved]);
   return (
     <main>
       <h1>My sessions</h1>
@@ -823,7 +871,7 @@ function Sessions() {
           });
         }}>
           <h2>My agent API key</h2>
-          <label for="my-apikey">Anthropic API key (write-only; {me.me.hasAgentCredential ? "one is set" : "none set"})</label>
+          <label for="my-apikey">Anthropic API key (write-only; {me.viewer.hasAgentCredential ? "one is set" : "none set"})</label>
           <input id="my-apikey" type="password" autocomplete="off" value={apiKey} onInput={(e) => setApiKey(e.currentTarget.value)} />
           <div><button type="submit" disabled={busy || !apiKey}>Save API key</button></div>
           {saved && <p class="ok" role="status">{saved}</p>}
