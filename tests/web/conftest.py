@@ -80,13 +80,18 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, extra_config: str = "") -> Iterator[Server]:
-    """``aicli-api serve`` with the demo agent, the refresh cookie on, an admin and a plain user."""
+def running_server(tmp: Path, extra_config: str = "", *, agent_cli: str = "generic") -> Iterator[Server]:
+    """``aicli-api serve`` with the demo agent, the refresh cookie on, an admin and a plain user.
+
+    ``agent_cli: generic`` runs the demo agent without Claude's flags, so it asks for no tool approval;
+    ``claude`` gives it the permission prompt tool (where the server has tool approvals, CONTRACT §10).
+    """
     config = tmp / "config.yaml"
     command = ", ".join(f'"{part}"' for part in DEMO)
     config.write_text(
         "security:\n  refresh_cookie: {enabled: true, secure: false}\n"
-        f"runner:\n  command: [{command}]\n  sandbox: none\n  env: {{AICM_DEMO_DELAY: '0.15'}}\n"
+        f"runner:\n  command: [{command}]\n  sandbox: none\n  agent_cli: {agent_cli}\n"
+        "  env: {AICM_DEMO_DELAY: '0.15'}\n"
         "oauth:\n  github: {client_id: web-test-client, client_secret: web-test-secret}\n" + extra_config
     )
     env = clean_env(APP_ENV="test", DATABASE_URL=f"sqlite://{tmp / 'aicm.db'}", JWT_SECRET=TEST_JWT_SECRET)
@@ -124,6 +129,16 @@ def short_lived_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     with running_server(
         tmp_path_factory.mktemp("web-short"), "jwt:\n  access_token_duration: 4s\n"
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def approvals_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The demo agent asks before its edit: tool approvals (skipped where the server has none yet)."""
+    with running_server(tmp_path_factory.mktemp("web-approvals"), agent_cli="claude") as server:
+        found = server.data('{ __type(name: "ApprovalRequest") { name } }')
+        if found["__type"] is None:
+            pytest.skip("this server has no tool approvals (CONTRACT §10: ApprovalRequest)")
         yield server
 
 

@@ -90,7 +90,7 @@ def test_sign_in_create_a_project_run_a_task_live_see_its_diff_and_merge(page: P
     row.get_by_text("SUCCEEDED").wait_for()
     assert "$0." in row.inner_text() and "aicm/task-" in row.inner_text()
     page.shot("project-tasks")
-    p.get_by_role("link", name="Approvals").click()
+    p.get_by_role("navigation").get_by_role("link", name="Approvals").click()
     p.get_by_role("heading", name="Approvals").wait_for()
     page.shot("approvals")
     p.get_by_role("link", name="Sessions").click()
@@ -275,3 +275,46 @@ def test_budget_and_write_only_agent_keys(page: Page, server: Server) -> None:
     p.get_by_text("one is set").wait_for()
     assert secret not in p.content() and secret not in storage(page)
     assert server.data("{ viewer { hasAgentCredential } }")["viewer"]["hasAgentCredential"] is True
+
+
+def test_approve_a_pending_tool_call_and_the_task_goes_on(page: Page, approvals_server: Server) -> None:
+    server = approvals_server
+    p = page.page
+    sign_in(page, server, *ADMIN)
+    p.get_by_label("Name").fill("Gatekeeping")
+    p.get_by_role("button", name="Create project").click()
+    p.get_by_role("heading", name="Gatekeeping").wait_for()
+    p.get_by_label("Prompt").fill("Edit with approval")
+    p.get_by_role("button", name="Start task").click()
+    p.get_by_role("heading", name="Task", exact=True).wait_for()
+    # the agent asks before its edit: the task waits, the request shows with its input
+    wait_status(page, "WAITING_FOR_APPROVAL")
+    card = p.locator("section", has=p.get_by_role("heading", name="Tool approvals"))
+    card.get_by_text("Edit", exact=True).wait_for()
+    assert "AICM_DEMO.md" in card.inner_text()
+    page.shot("task-approval")
+    task_url = p.url
+    # the inbox lists it too
+    p.get_by_role("navigation").get_by_role("link", name="Approvals").click()
+    p.locator("li[data-approval]").get_by_text("Edit", exact=True).wait_for()
+    page.shot("approvals-inbox")
+    # a viewer may not decide it
+    found = server.data('{ projects(search: "Gatekeeping") { edges { node { id } } } }')
+    project = found["projects"]["edges"][0]["node"]["id"]
+    pending = server.data(
+        "query($p: ID!) { approvalRequests(projectId: $p, status: PENDING) { edges { node { id } } } }",
+        {"p": project},
+    )["approvalRequests"]["edges"]
+    refused = server.gql(
+        "mutation($id: ID!) { decideApproval(id: $id, input: {allow: true}) { id } }",
+        {"id": pending[0]["node"]["id"]},
+        as_="viewer",
+    )
+    assert refused["errors"][0]["extensions"]["code"] in {"FORBIDDEN", "NOT_FOUND"}, refused
+    # allow: the task goes on and makes its edit
+    p.goto(task_url)
+    card.get_by_role("button", name="Allow").click()
+    wait_status(page, "SUCCEEDED")
+    card.get_by_text("ALLOWED by admin").wait_for()
+    p.locator("details.file[data-path='AICM_DEMO.md']").wait_for()
+    page.shot("task-approved")

@@ -774,7 +774,7 @@ function ApprovalList({ items, admin, onDone }: { items: any[]; admin: boolean; 
       {items.map((a) => (
         <li key={a.id} data-approval={a.id}>
           <details open>
-            <summary><strong>{a.toolName}</strong> <Status status={a.status} /> <span class="muted">{when(a.requestedAt)}</span>
+            <summary><strong>{a.toolName}</strong> <span class={`status ${a.status}`}>{a.status}</span> <span class="muted">{when(a.requestedAt)}</span>
               {a.task && <> · <a href={`#/t/${a.task.id}`}>{a.task.project?.name}: {a.task.prompt.slice(0, 60)}</a></>}</summary>
             <pre>{JSON.stringify(a.input, null, 2)}</pre>
           </details>
