@@ -318,3 +318,33 @@ def test_approve_a_pending_tool_call_and_the_task_goes_on(page: Page, approvals_
     card.get_by_text("ALLOWED by admin").wait_for()
     p.locator("details.file[data-path='AICM_DEMO.md']").wait_for()
     page.shot("task-approved")
+
+
+def test_keyboard_only_sign_in_and_a_phone_sized_layout(page: Page, server: Server) -> None:
+    p = page.page
+    p.set_viewport_size({"width": 390, "height": 844})
+    p.goto(f"{server.base}/")
+    p.get_by_label("Email").wait_for()
+    # every control is reached with Tab and labelled; Enter submits
+    p.keyboard.press("Tab")  # the brand link
+    p.keyboard.press("Tab")
+    assert p.evaluate("document.activeElement.id") == "email"
+    p.keyboard.type(ADMIN[0])
+    p.keyboard.press("Tab")
+    assert p.evaluate("document.activeElement.id") == "password"
+    p.keyboard.type(ADMIN[1])
+    p.keyboard.press("Enter")
+    p.get_by_role("heading", name="Projects", exact=True).wait_for()
+    unlabelled = p.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+             .filter(e => !e.labels?.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)"""
+    )
+    assert unlabelled == []
+    # nothing wider than the phone's screen
+    assert p.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.shot("projects-phone")
+    project = make_project(server, "Phone")
+    p.goto(f"{server.base}/#/p/{project}")
+    p.get_by_role("heading", name="Members").wait_for()
+    assert p.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.shot("project-phone")

@@ -254,7 +254,11 @@ function Project({ id }: { id: string }) {
     <main>
       <p><a href="#/">Projects</a> /</p>
       <h1>{p.name}</h1>
-      <p class="muted">{p.description} {p.repositoryUrl && <>· {p.repositoryUrl}</>} · default branch {p.defaultBranch ?? "—"} · your role: {perms.role ?? "none"}</p>
+      <p class="muted">
+        {[p.description, p.repositoryUrl, p.defaultBranch && `default branch ${p.defaultBranch}`, `your role: ${perms.role ?? "none"}`]
+          .filter(Boolean)
+          .join(" · ")}
+      </p>
       {perms.perms.has("task:create") && <NewTask projectId={id} />}
       <Tasks tasks={p.tasks.edges.map((e: any) => e.node)} />
       <Members project={p} perms={perms} onChange={reload} />
