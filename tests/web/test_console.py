@@ -118,6 +118,26 @@ def test_the_log_resumes_after_a_reload_without_gap_or_duplicate(page: Page, ser
     expected = [line["seq"] for line in stored["task"]["logs"]]
     assert seqs(page) == expected == list(range(1, len(expected) + 1))
     page.shot("task-after-reload")
+    # a follow-up continues on the same branch, as a new task
+    page.page.get_by_label(re.compile("Prompt \\(continues")).fill("And one more line")
+    page.page.get_by_role("button", name="Send follow-up").click()
+    page.page.get_by_role("link", name="an earlier task").wait_for()
+    wait_status(page, "SUCCEEDED")
+    branch = server.data("query($id: ID!) { task(id: $id) { branch } }", {"id": task})["task"]["branch"]
+    assert branch in page.page.locator("h1 ~ .card").first.inner_text()
+    page.shot("task-follow-up")
+
+
+def test_cancel_a_running_task(page: Page, server: Server) -> None:
+    project = make_project(server, "Cancel me")
+    sign_in(page, server, *ADMIN)
+    page.page.goto(f"{server.base}/#/p/{project}")
+    page.page.get_by_label("Prompt").fill("Too slow sleep:30")
+    page.page.get_by_role("button", name="Start task").click()
+    page.page.locator("[data-kind=assistant]").first.wait_for()
+    page.page.get_by_role("button", name="Cancel task").click()
+    wait_status(page, "CANCELLED", timeout=30)
+    assert page.page.get_by_role("button", name="Cancel task").count() == 0
 
 
 def test_a_viewer_sees_no_task_controls_and_the_server_refuses_them(page: Page, server: Server) -> None:
