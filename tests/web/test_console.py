@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.web.conftest import ADMIN, VIEWER, Page, Server
@@ -368,3 +370,32 @@ def test_keyboard_only_sign_in_and_a_phone_sized_layout(page: Page, server: Serv
     p.get_by_role("heading", name="Members").wait_for()
     assert p.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.shot("project-phone")
+
+
+def test_push_a_task_branch_to_the_projects_remote(page: Page, server: Server, tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    seed = tmp_path / "seed"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(seed)], check=True)
+    (seed / "README.md").write_text("seed\n")
+    subprocess.run([*git, "-C", str(seed), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(seed), "commit", "-qm", "seed"], check=True)
+    subprocess.run(["git", "-C", str(seed), "push", "-q", str(remote), "main"], check=True)
+    p = page.page
+    sign_in(page, server, *ADMIN)
+    p.get_by_label("Name").fill("Pushed")
+    p.get_by_label(re.compile("Repository URL")).fill(str(remote))
+    p.get_by_role("button", name="Create project").click()
+    p.get_by_role("heading", name="Pushed").wait_for()
+    p.get_by_label("Prompt").fill("Change for the remote")
+    p.get_by_role("button", name="Start task").click()
+    wait_status(page, "SUCCEEDED")
+    p.get_by_role("button", name="Push branch").click()
+    p.get_by_text(re.compile("^pushed ")).wait_for()
+    p.wait_for_timeout(300)
+    assert p.get_by_role("alert").count() == 0
+    branches = subprocess.run(
+        ["git", "-C", str(remote), "branch", "--list", "aicm/*"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "aicm/task-" in branches
