@@ -804,11 +804,12 @@ function Approvals({ taskId, projectId, status, admin }: { taskId: string; proje
     [projectId],
   );
   useEffect(reload, [status]);
+  const supported = data !== null; // null: this server has no tool approvals
   useEffect(() => {
-    if (live || FINISHED.has(status)) return;
+    if (live || !supported || FINISHED.has(status)) return;
     const t = window.setInterval(reload, 3000);
     return () => window.clearInterval(t);
-  }, [live, status]);
+  }, [live, supported, status]);
   if (!data || data.length === 0) return null;
   return (
     <section class="card" aria-labelledby="approvals-h">
@@ -820,10 +821,12 @@ function Approvals({ taskId, projectId, status, admin }: { taskId: string; proje
 
 function Inbox() {
   const { data, error, reload } = useApprovals(null);
+  const supported = data !== null;
   useEffect(() => {
+    if (!supported) return;
     const t = window.setInterval(reload, 5000);
     return () => window.clearInterval(t);
-  }, [reload]);
+  }, [supported]);
   const admin = can("user:manage");
   return (
     <main>
