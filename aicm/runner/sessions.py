@@ -171,6 +171,7 @@ def restore(config_dir: Path, cwd: str | Path, data: bytes, *, trusted: Path | N
     replaced (a symlink in its place is removed, never followed)."""
     written = 0
     budget = MAX_FILES_BYTES
+    (trusted or config_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     with (
         tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar,
         _opened_dir(_sessions_dir(config_dir, cwd), trusted or config_dir, create=True) as project,

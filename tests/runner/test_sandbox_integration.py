@@ -137,6 +137,7 @@ async def test_a_task_reads_and_writes_none_of_the_servers_files(
     outside = {
         "data dir": server.data_dir / "planted",
         "other worktree": other_tree / "planted",
+        "other home": other_home / "planted",
         "install": server.install / "planted",
         "system": Path("/usr/planted"),
         "workspace root": server.workspaces / "planted",

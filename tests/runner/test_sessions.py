@@ -56,8 +56,7 @@ def test_a_session_moves_to_another_home_and_another_cwd(tmp_path: Path) -> None
     archive = collect(first, "/w1/tasks/7", SESSION)
     assert archive is not None and archive.files == 2
 
-    second.parent.mkdir()
-    assert restore(second, "/w2/tasks/7", archive.data, trusted=second.parent) == 2
+    assert restore(second, "/w2/tasks/7", archive.data, trusted=second.parent) == 2  # an empty disk
 
     project = second / "projects" / "-w2-tasks-7"
     assert (project / f"{SESSION}.jsonl").read_bytes() == b'{"type":"user"}\n'
