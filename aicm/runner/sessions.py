@@ -103,9 +103,11 @@ def _entries(fd: int, names: Iterable[str], prefix: str, depth: int) -> Iterator
             continue
         mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
         if stat.S_ISREG(mode):
-            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            # O_NONBLOCK: a FIFO swapped in since the stat (by a concurrent run of the user) cannot block us
+            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
             try:
-                yield prefix + name, file_fd
+                if stat.S_ISREG(os.fstat(file_fd).st_mode):
+                    yield prefix + name, file_fd
             finally:
                 os.close(file_fd)
         elif stat.S_ISDIR(mode) and depth > 0:
