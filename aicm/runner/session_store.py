@@ -3,7 +3,7 @@
 ``keep_session`` runs after every run (its processes are gone): the files of the session the run reported
 go into the task's ``TaskSession`` row (``aicm.runner.sessions`` packs them, size-capped). ``restore_session``
 runs before a follow-up starts: its parent's row is unpacked into this run's config directory, named for this
-run's cwd. A failure either way is logged and the run goes on: without the files, the CLI says it found no
+run's cwd. A failure either way is logged and the task goes on: without the files, the CLI says it found no
 conversation, which ``Task.error`` then shows.
 """
 
@@ -40,9 +40,15 @@ async def keep_session(
         return
     if archive is None:
         return
-    await models.TaskSession.update_or_create(
-        defaults={"session_id": session_id, "archive": archive.data, "size": archive.size}, task_id=task.id
-    )
+    try:
+        stored = {"session_id": session_id, "archive": archive.data, "size": archive.size}
+        await models.TaskSession.update_or_create(defaults=stored, task_id=task.id)
+    except Exception:  # the run's end must still be recorded, and its work saved
+        log.exception(
+            "storing the agent's session files failed",
+            extra={"event": "task_session_not_kept", "task_id": task.id},
+        )
+        return
     log.info(
         "kept the agent's session files",
         extra={
