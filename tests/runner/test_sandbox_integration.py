@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -256,6 +257,41 @@ async def test_a_50_mb_line_and_2_million_lines_leave_the_server_bounded(
     stored = await models.TaskLog.filter(task_id=many_id, stream="stdout").count()
     assert 10_000 < stored < 2_000_000 // 10  # what fit under the cap, then nothing
     assert growth_mib < 128, f"the server grew by {growth_mib:.0f} MiB"
+
+
+async def test_file_size_and_cpu_time_limits_name_themselves_and_the_work_is_kept(
+    app: Starlette, client: httpx.AsyncClient, server: Server
+) -> None:
+    _, project, token = await world(app)
+    server.set_limits(dataclasses.replace(LIMITS, file_size=MiB, cpu_time=1))
+    big = await run_task(client, token, project, ["write", "before.txt"], ["bigfile", "4"])
+    busy = await run_task(client, token, project, ["spin"])
+    big_task, busy_task = await finished(big, WAIT), await finished(busy, WAIT)
+
+    assert big_task.status == models.TaskStatus.FAILED
+    assert big_task.error == "Limit exceeded: runner.limits.file_size (1 MiB)"
+    assert "before.txt" in (big_task.changed_paths or [])  # what it wrote is committed to its branch
+    assert busy_task.status == models.TaskStatus.FAILED
+    assert busy_task.error == "Limit exceeded: runner.limits.cpu_time (1s)"
+
+
+async def test_without_network_a_task_cannot_reach_the_servers_port(
+    app: Starlette, client: httpx.AsyncClient, server: Server
+) -> None:
+    _, project, token = await world(app)
+    runner = app.state.runtime.settings.runner
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = str(listening.getsockname()[1])
+        online = await finished(await run_task(client, token, project, ["connect", port]), WAIT)
+        runner.network = False
+        try:
+            offline = await finished(await run_task(client, token, project, ["connect", port]), WAIT)
+        finally:
+            runner.network = True
+
+    assert (await reports(online.id, "connect"))[port]["ok"]  # the control: reachable with the network
+    assert offline.status == models.TaskStatus.SUCCEEDED, offline.error
+    assert not (await reports(offline.id, "connect"))[port]["ok"]
 
 
 async def test_a_child_kept_alive_after_the_agent_exits_ends_with_the_task(
