@@ -38,6 +38,7 @@ LIMITS = Limits(
     memory=256 * MiB, processes=64, file_size=8 * MiB, cpu_time=120, output_bytes=64 * MiB, line_bytes=MiB
 )
 WAIT = 60.0  # seconds any one task may take
+EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 "  # a hidden file: /dev/null
 
 
 @dataclass
@@ -45,7 +46,6 @@ class Server:
     """The app's runner settings as these tests changed them, and the files an agent must not see."""
 
     app: Starlette
-    root: Path  # the backend's directory: SQLite file, data directory, workspace root
     install: Path  # holds the config file and .env
     data_dir: Path
     workspaces: Path
@@ -77,7 +77,7 @@ def server(app: Starlette, db: None, tmp_path: Path) -> Iterator[Server]:
     runner.sandbox_paths.read_only = [*runner.sandbox_paths.read_only, str(install), str(data_dir.parent)]
     settings.config_path = install / "aicm.yaml"
     executor.isolation.limits = LIMITS
-    yield Server(app, data_dir.parent, install, data_dir, Path(runner.workspace_root).resolve())
+    yield Server(app, install, data_dir, Path(runner.workspace_root).resolve())
     runner.command, runner.sandbox_paths.read_only, settings.config_path, executor.isolation.limits = saved
 
 
@@ -97,7 +97,8 @@ async def reports(task_id: int, action: str) -> dict[str, dict]:
 
 def worktree(server: Server, task: models.Task) -> Path:
     assert task.branch
-    return server.workspaces / "projects" / str(task.project_id) / "tasks" / str(branch_number(task.branch))  # type: ignore[attr-defined]
+    project_id = task.project_id  # type: ignore[attr-defined]
+    return server.workspaces / "projects" / str(project_id) / "tasks" / str(branch_number(task.branch))
 
 
 async def world(app: Starlette) -> tuple[models.User, models.Project, str]:
@@ -111,7 +112,7 @@ async def world(app: Starlette) -> tuple[models.User, models.Project, str]:
 async def test_a_task_reads_and_writes_none_of_the_servers_files(
     app: Starlette, client: httpx.AsyncClient, server: Server
 ) -> None:
-    _owner, project, token = await world(app)
+    _, project, token = await world(app)
     # another user's project, with a task whose worktree holds a secret, and that user's agent home
     other, other_project, other_token = await world(app)
     other_task = await finished(await run_task(client, other_token, other_project, ["sleep", "0"]), WAIT)
@@ -158,7 +159,7 @@ async def test_a_task_reads_and_writes_none_of_the_servers_files(
     reads, writes = await reports(task_id, "read"), await reports(task_id, "write")
     for name, path in secrets.items():
         assert str(path) in reads, name
-        assert not reads[str(path)]["ok"] or reads[str(path)]["detail"] == _empty(path), (
+        assert not reads[str(path)]["ok"] or reads[str(path)]["detail"] == EMPTY, (
             name,
             reads[str(path)],
         )
@@ -169,11 +170,6 @@ async def test_a_task_reads_and_writes_none_of_the_servers_files(
         assert not writes[str(path)]["ok"], name
         assert not path.exists(), name
     assert writes["mine.txt"]["ok"] and "mine.txt" in (task.changed_paths or [])  # its worktree is its own
-
-
-def _empty(path: Path) -> str:
-    """What reading a hidden file reports: /dev/null bound over it reads as empty."""
-    return "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 "
 
 
 async def test_git_works_in_the_worktree_but_other_branches_cannot_be_rewritten(
