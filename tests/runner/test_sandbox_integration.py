@@ -112,7 +112,8 @@ async def world(app: Starlette) -> tuple[models.User, models.Project, str]:
 async def test_a_task_reads_and_writes_none_of_the_servers_files(
     app: Starlette, client: httpx.AsyncClient, server: Server
 ) -> None:
-    _, project, token = await world(app)
+    owner, project, token = await world(app)
+    own_home = app.state.runtime.executor.isolation.agent_home(owner.id)
     # another user's project, with a task whose worktree holds a secret, and that user's agent home
     other, other_project, other_token = await world(app)
     other_task = await finished(await run_task(client, other_token, other_project, ["sleep", "0"]), WAIT)
@@ -151,7 +152,7 @@ async def test_a_task_reads_and_writes_none_of_the_servers_files(
         token,
         project,
         ["read", *map(str, secrets.values()), *readable],
-        ["write", *map(str, outside.values()), "mine.txt"],
+        ["write", *map(str, outside.values()), "mine.txt", str(own_home / "mine.txt")],
     )
     task = await finished(task_id, WAIT)
 
@@ -170,6 +171,7 @@ async def test_a_task_reads_and_writes_none_of_the_servers_files(
         assert not writes[str(path)]["ok"], name
         assert not path.exists(), name
     assert writes["mine.txt"]["ok"] and "mine.txt" in (task.changed_paths or [])  # its worktree is its own
+    assert (own_home / "mine.txt").read_text() == "hostile\n"  # its home too, inside the hidden data dir
 
 
 async def test_git_works_in_the_worktree_but_other_branches_cannot_be_rewritten(
