@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from aicm import models
 from aicm.runner import sessions
 from aicm.runner.executor import TaskExecutor
-from aicm.runner.sessions import TooLarge, collect, project_dir_name, restore
+from aicm.runner.sessions import TooLarge, collect, config_dir_of, project_dir_name, restore
 from aicm.workspaces.git import Git
 from tests.factories import make_project, make_user
 from tests.schema.test_tasks import finished
@@ -32,6 +32,12 @@ def test_the_project_directory_is_named_as_claude_code_names_it() -> None:
         "-srv-aicm-data-workspaces-projects-3-tasks-17"
     )
     assert project_dir_name("/home/a.b/my_repo x") == "-home-a-b-my-repo-x"
+
+
+def test_the_cli_config_directory_is_the_one_its_environment_names() -> None:
+    assert config_dir_of({"CLAUDE_CONFIG_DIR": "/c", "HOME": "/h"}) == Path("/c")
+    assert config_dir_of({"HOME": "/h"}) == Path("/h/.claude")
+    assert config_dir_of({}) is None
 
 
 def session_files(config: Path, cwd: str, files: dict[str, bytes]) -> Path:
@@ -106,17 +112,19 @@ def test_sessions_past_the_cap_are_not_stored(tmp_path: Path, monkeypatch: pytes
 # ---------------------------------------------------------------------------------- through the executor
 
 
-def other_worker(app: Starlette, root: Path) -> TaskExecutor:
+def other_worker(app: Starlette, root: Path, sandbox: str = "auto") -> TaskExecutor:
     """A second worker on the same database: its own data directory, agent homes and workspace root."""
     settings = copy.deepcopy(app.state.runtime.settings)
+    settings.runner.sandbox = sandbox
     settings.app.data_dir = str(root / "data")
     settings.runner.workspace_root = str(root / "workspaces")
     settings.runner.env["CLAUDE_CONFIG_DIR"] = str(root / "claude")  # unsandboxed runs: a fresh one too
     return TaskExecutor(settings, app.state.runtime.broker, worker_id=f"other-{root.name}")
 
 
+@pytest.mark.parametrize("sandbox", ["auto", "none"])
 async def test_a_follow_up_on_another_worker_resumes_with_the_previous_context(
-    app: Starlette, db: None, tmp_path: Path
+    app: Starlette, db: None, tmp_path: Path, sandbox: str
 ) -> None:
     upstream = Upstream(Git(), tmp_path)
     await upstream.create({"README.md": "hello\n"})
@@ -133,7 +141,7 @@ async def test_a_follow_up_on_another_worker_resumes_with_the_previous_context(
     follow_up = await models.Task.create(
         project=project, created_by=owner, prompt="and paint it", parent_id=first.id
     )
-    worker = other_worker(app, tmp_path / "worker-2")
+    worker = other_worker(app, tmp_path / "worker-2", sandbox)
     await worker.run(follow_up.id)
     follow_up = await finished(follow_up.id)
 
@@ -143,6 +151,8 @@ async def test_a_follow_up_on_another_worker_resumes_with_the_previous_context(
     assert opening is not None and "earlier in this session: “remember the blue door”" in (opening.text or "")
     kept = await models.TaskSession.get(task_id=follow_up.id)
     assert kept.size > stored.size  # the follow-up's run appended to the conversation
+    if sandbox == "none":  # unsandboxed, the CLI's config directory is the one its environment names
+        assert list((tmp_path / "worker-2" / "claude" / "projects").glob(f"*/{first.cli_session_id}.jsonl"))
 
     # the control: the same on a third machine, but without the stored files, finds no conversation
     await models.TaskSession.filter(task_id=first.id).delete()
