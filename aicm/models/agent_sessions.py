@@ -7,8 +7,9 @@ from tortoise.models import Model
 
 
 class TaskSession(Model):
-    """One run's session files (``aicm.runner.sessions``): a gzip'd tar, size-capped, restored before a
-    follow-up's ``--resume``."""
+    """One run's CLI session files: a size-capped tar.gz, restored before a follow-up's --resume.
+
+    Made and unpacked by ``aicm.runner.sessions``."""
 
     id = fields.IntField(primary_key=True)
     task = fields.OneToOneField("models.Task", related_name="agent_session", on_delete=fields.CASCADE)
