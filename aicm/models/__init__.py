@@ -1,5 +1,6 @@
 """Tortoise models. Import as a module (``from aicm import models``) so schema types keep plain names."""
 
+from aicm.models.agent_sessions import TaskSession
 from aicm.models.audit import AuditLog
 from aicm.models.oauth import OAuthAccount
 from aicm.models.projects import Project, ProjectMember, ProjectStatus
@@ -18,6 +19,7 @@ __all__ = [
     "RoleScope",
     "Task",
     "TaskLog",
+    "TaskSession",
     "TaskStatus",
     "User",
     "UserRole",

@@ -11,6 +11,11 @@ It accepts the Claude flags the server passes (``-p``, ``--output-format``, ``--
 ``--max-budget-usd USD``) and ignores the others. It lists the workspace (the task's git worktree) and
 appends one line for the prompt to ``NOTES_FILE`` there, so every demo task has a real diff on its branch.
 
+Like the real CLI it keeps its conversation in a session file,
+``$CLAUDE_CONFIG_DIR/projects/<cwd, non-alphanumerics as ->/<session id>.jsonl`` (``~/.claude`` without
+``CLAUDE_CONFIG_DIR``): ``--resume ID`` reads the earlier prompts from it and says so, and, as the real CLI
+does, fails with "No conversation found with session ID" when the file is not there.
+
 Words in the prompt steer it, for tests and demos:
 
 ``lines:N``      N extra assistant lines, printed as fast as possible
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -242,6 +248,49 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def session_file(cwd: str, session_id: str) -> str:
+    """Where Claude Code keeps session ``session_id`` of a run in ``cwd``."""
+    config = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".claude")
+    return os.path.join(config, "projects", re.sub(r"[^A-Za-z0-9]", "-", cwd), f"{session_id}.jsonl")
+
+
+def earlier_prompts(path: str) -> list[str] | None:
+    """The prompts of the session file's earlier runs; None when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return None
+    return [r["message"]["content"] for r in records if r.get("type") == "user" and "message" in r]
+
+
+def remember(path: str, session_id: str, cwd: str, prompt: str, answer: str) -> None:
+    """Append this run's prompt and answer to the session file, as Claude Code's transcript records."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for kind, content in (("user", prompt), ("assistant", answer)):
+            record = {
+                "type": kind,
+                "sessionId": session_id,
+                "cwd": cwd,
+                "uuid": str(uuid.uuid4()),
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "message": {"role": kind, "content": content},
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def no_conversation(options: Options, session_id: str) -> int:
+    """What the CLI does for a ``--resume`` whose session file is not there."""
+    message = f"No conversation found with session ID: {session_id}"
+    if options.output_format == "stream-json":
+        result = {"type": "result", "subtype": "error_during_execution", "is_error": True, "result": message}
+        print(json.dumps({**result, "session_id": session_id}), flush=True)
+    else:
+        sys.stderr.write(message + "\n")
+    return 1
+
+
 def run(options: Options) -> int:
     prompt = (options.prompt or "").strip()
     streaming = options.output_format == "stream-json"
@@ -250,6 +299,10 @@ def run(options: Options) -> int:
     steer = directives(prompt)
     out = Emitter(session_id, streaming, _delay())
     cwd = os.getcwd()
+    transcript = session_file(cwd, session_id)
+    earlier = earlier_prompts(transcript) if options.resume else []
+    if earlier is None:
+        return no_conversation(options, session_id)
 
     out.emit(
         {
@@ -264,7 +317,11 @@ def run(options: Options) -> int:
             "apiKeySource": "ANTHROPIC_API_KEY" if os.environ.get("ANTHROPIC_API_KEY") else "none",
         }
     )
-    opening = "Picking up where we left off" if options.resume else "I'll start by looking at the workspace"
+    if options.resume:
+        before = "; ".join(f"“{_short(p, 60)}”" for p in earlier) or "nothing yet"
+        opening = f"Picking up where we left off (earlier in this session: {before})"
+    else:
+        opening = "I'll start by looking at the workspace"
     out.say(f"{opening}. Task: “{_short(prompt)}”")
     out.tool("Bash", {"command": "ls -A", "description": "List the workspace"}, _listing(cwd))
     keyword = next((word for word in prompt.split() if len(word) > 3 and ":" not in word), "main")
@@ -304,6 +361,7 @@ def run(options: Options) -> int:
         final = f"Done. This was a demo run for “{_short(prompt, 80)}”; I noted it in {NOTES_FILE}."
         subtype = "success"
     out.say(final, last=True)
+    remember(transcript, session_id, cwd, prompt, final)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     result = {
         "type": "result",

@@ -30,9 +30,10 @@ from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
 from aicm.runner.agent_credentials import ENV_NAMES, RunKey, UndecryptableCredential, run_key
 from aicm.runner.command import AgentFlags, build_argv, scrubbed_env
-from aicm.runner.isolation import RunIsolation, cut_note, limit_error
+from aicm.runner.isolation import RunIsolation, cut_note, git_paths, limit_error
 from aicm.runner.logs import LogWriter
 from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
+from aicm.runner.session_store import keep_session, restore_session
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.runner.workspace import Workspaces, describe
 from aicm.subscriptions import channels, events
@@ -467,7 +468,9 @@ class TaskExecutor:
             argv = build_argv(runner.command, task.prompt, resume_session_id=resume, options=options)
             cwd = tree.path
             creator = task.created_by_id  # type: ignore[attr-defined]
-            argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator)
+            argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator, **git_paths(tree))
+            sessions = self.isolation.session_dir(creator, env)
+            await restore_session(task, cwd, sessions)
             async with AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed) as agent:
                 outcome = await agent.run(on_line, time_limit=runner.timeout, cancel_event=cancel)
         except (AgentNotFound, ValueError, OSError) as exc:  # the agent could not be started at all
@@ -475,6 +478,7 @@ class TaskExecutor:
             await finish(task.id, models.TaskStatus.FAILED, error=f"Could not start the agent: {exc}")
             return
         await writer.close()
+        await keep_session(task, summary.session_id, cwd, sessions)
         TASK_LOG_LINES.inc(writer.written)
         fields = {
             "exit_code": outcome.exit_code,
