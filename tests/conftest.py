@@ -48,6 +48,9 @@ DEMO_AGENT = [
 
 # Child tables first: cleaning between tests must respect foreign keys.
 TABLES = [
+    "webhook_deliveries",
+    "webhooks",
+    "approval_requests",
     "task_logs",
     "tasks",
     "oauth_accounts",
@@ -81,6 +84,9 @@ def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
     settings.runner.workspace_root = str(tmp / "workspaces")
     settings.runner.command = DEMO_AGENT
     settings.runner.env = {"AICM_DEMO_DELAY": "0"}
+    # No Claude Code flags (and so no tool approvals to wait for) unless a test asks for them:
+    # tests/runner/test_approvals.py sets runner.agent_cli to claude.
+    settings.runner.agent_cli = "generic"
     # Agents run in the sandbox when bubblewrap works: the test agents' scripts must be visible inside it.
     settings.runner.sandbox_paths.read_only = [str(AGENT_SCRIPTS)]
     # The suite signs in many times from 127.0.0.1 and opens 1000 subscriptions at once, 50 connections of one

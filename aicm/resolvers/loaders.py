@@ -58,6 +58,8 @@ class Loaders:
         self.role_by_id: DataLoader[int, models.Role | None] = _loader(self._roles)
         self.system_roles_by_user_id: DataLoader[int, list[models.Role]] = _loader(self._system_roles)
         self.overlaps_by_task: DataLoader[int, list[models.Task]] = _loader(self._overlaps)
+        self.approval_by_id: DataLoader[int, models.ApprovalRequest | None] = _loader(self._approvals)
+        self.approvals_by_task: DataLoader[int, list[models.ApprovalRequest]] = _loader(self._task_approvals)
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
@@ -140,6 +142,16 @@ class Loaders:
                 ]
             )
         return found
+
+    async def _approvals(self, ids: list[int]) -> list[models.ApprovalRequest | None]:
+        visible = await authorization.visible_approvals(self.viewer)
+        return _by_key(ids, await visible.filter(id__in=ids), lambda a: a.id)
+
+    async def _task_approvals(self, task_ids: list[int]) -> list[list[models.ApprovalRequest]]:
+        """A task's approval requests, oldest first."""
+        visible = await authorization.visible_approvals(self.viewer)
+        rows = await visible.filter(task_id__in=task_ids).order_by("id")
+        return _grouped(task_ids, rows, lambda a: a.task_id)  # type: ignore[attr-defined]
 
     async def _viewer_roles(self, project_ids: list[int]) -> list[models.Role | None]:
         roles = (authorization.project_role(self.viewer, project_id) for project_id in project_ids)

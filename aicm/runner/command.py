@@ -5,6 +5,8 @@ whatever characters it holds.
 
 >>> build_argv(["claude", "-p", "{prompt}", "--verbose"], "fix $(this) {0}", resume_session_id="abc-1")
 ['claude', '-p', 'fix $(this) {0}', '--verbose', '--resume', 'abc-1']
+>>> AgentFlags(permission_mode="acceptEdits").argv()
+['--permission-mode', 'acceptEdits']
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 __all__ = [
+    "APPROVAL_PROMPT_TOOL",
     "ENV_ALLOWED_NAMES",
     "ENV_ALLOWED_PREFIXES",
     "PROMPT_PLACEHOLDER",
     "PYTHON_PLACEHOLDER",
     "SESSION_ID_PATTERN",
+    "AgentFlags",
     "build_argv",
     "scrubbed_env",
 ]
@@ -34,9 +39,46 @@ ENV_ALLOWED_PREFIXES = ("LC_",)
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# The tool of this system's MCP server (named "aicm" in the run's --mcp-config) that the CLI asks.
+APPROVAL_PROMPT_TOOL = "mcp__aicm__approval_prompt"
 
-def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str | None = None) -> list[str]:
-    """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given.
+
+@dataclass(frozen=True, slots=True)
+class AgentFlags:
+    """Claude Code options of one run (``runner.agent_cli: claude``; a generic agent gets none).
+
+    ``permission_mode`` is the CLI's value (``default``, ``acceptEdits``, ``plan``, ``bypassPermissions``);
+    ``mcp_config`` the path of the run's MCP config; ``permission_prompt_tool`` the tool the CLI asks before a
+    tool that needs approval (``APPROVAL_PROMPT_TOOL``).
+    """
+
+    max_budget_usd: float | None = None
+    permission_mode: str | None = None
+    mcp_config: str | None = None
+    permission_prompt_tool: str | None = None
+
+    def argv(self) -> list[str]:
+        args: list[str] = []
+        if self.max_budget_usd is not None:
+            args += ["--max-budget-usd", f"{self.max_budget_usd:g}"]
+        if self.permission_mode is not None:
+            args += ["--permission-mode", self.permission_mode]
+        if self.mcp_config is not None:
+            args += ["--mcp-config", self.mcp_config]
+        if self.permission_prompt_tool is not None:
+            args += ["--permission-prompt-tool", self.permission_prompt_tool]
+        return args
+
+
+def build_argv(
+    template: Sequence[str],
+    prompt: str,
+    *,
+    resume_session_id: str | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given, then
+    ``options`` (e.g. ``AgentFlags.argv()``).
 
     An element that is exactly ``{python}`` becomes the server's own interpreter (``sys.executable``).
 
@@ -69,7 +111,10 @@ def build_argv(template: Sequence[str], prompt: str, *, resume_session_id: str |
         if not SESSION_ID_PATTERN.fullmatch(resume_session_id):
             raise ValueError(f"not a valid session id: {resume_session_id!r}")
         argv += ["--resume", resume_session_id]
-    return argv
+    for option in options:
+        if "\x00" in option:
+            raise ValueError("agent options must not contain NUL characters")
+    return argv + list(options)
 
 
 def scrubbed_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

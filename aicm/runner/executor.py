@@ -28,13 +28,15 @@ from aicm import models
 from aicm.config import Settings
 from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
-from aicm.runner.command import build_argv, scrubbed_env
+from aicm.runner.approvals import PERMISSION_MODES, ApprovalGate
+from aicm.runner.command import APPROVAL_PROMPT_TOOL, AgentFlags, build_argv, scrubbed_env
 from aicm.runner.isolation import RunIsolation, cut_note, limit_error
 from aicm.runner.logs import LogWriter
 from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
+from aicm.runner.status import announce
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.runner.workspace import Workspaces, describe
-from aicm.subscriptions import channels, events
+from aicm.subscriptions import channels
 from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
 from aicm.subscriptions.publisher import publish
@@ -46,6 +48,7 @@ log = logging.getLogger("aicm.runner")
 LEASE_SECONDS = 30.0
 RENEW_EVERY = 5.0  # also how often the database is asked whether a cancel was requested
 RUNNING, PENDING = models.TaskStatus.RUNNING, models.TaskStatus.PENDING
+WAITING = models.TaskStatus.WAITING_FOR_APPROVAL
 # After the grace, a stopped agent gets SIGTERM, then SIGKILL DEFAULT_GRACE later, then is reaped: wait that.
 STOP_WAIT = DEFAULT_GRACE + 10.0
 WORKTREE_SWEEP_EVERY = 3600.0  # how often worktrees past runner.worktree_retention are looked for
@@ -59,19 +62,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def announce(task: models.Task, actor_id: int | None = None) -> None:
-    """A status change, on the task's channel and its project's."""
-    payload = events.task_event(events.ProjectEventType.TASK_UPDATED, task, actor_id)
-    await publish(channels.task(task.id), payload)
-    await publish(channels.project(task.project_id), payload)  # type: ignore[attr-defined]
-
-
 async def finish(
     task_id: int,
     status: models.TaskStatus,
     *,
     error: str | None = None,
-    only_from: tuple[models.TaskStatus, ...] = (PENDING, RUNNING),
+    only_from: tuple[models.TaskStatus, ...] = (PENDING, RUNNING, WAITING),
     **fields: Any,
 ) -> bool:
     """Record a task's end unless it is no longer in one of ``only_from``; True when this call ended it.
@@ -82,7 +78,14 @@ async def finish(
         updated = (
             await models.Task.filter(id=task_id, status__in=list(only_from))
             .using_db(connection)
-            .update(status=status, error=error, finished_at=_now(), lease_expires_at=None, **fields)
+            .update(
+                status=status,
+                error=error,
+                finished_at=_now(),
+                lease_expires_at=None,
+                approval_token_hash=None,
+                **fields,
+            )
         )
         if not updated:
             return False
@@ -258,7 +261,7 @@ class TaskExecutor:
         Single-process (no Redis): nothing else can be running a task, so every RUNNING task was left by a
         previous life of this server. With workers: only tasks whose lease expired.
         """
-        stale = models.Task.filter(status=RUNNING)
+        stale = models.Task.filter(status__in=list(models.ACTIVE))
         if not single_process:
             stale = stale.filter(lease_expires_at__lt=_now())
         for task_id in await stale.values_list("id", flat=True):
@@ -433,12 +436,20 @@ class TaskExecutor:
         if tree is None:
             return
         try:
-            argv = build_argv(runner.command, task.prompt, resume_session_id=resume)
-            cwd = tree.path
-            creator = task.created_by_id  # type: ignore[attr-defined]
-            argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator)
-            env = scrubbed_env(os.environ, runner.env)
-            async with AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed) as agent:
+            async with contextlib.AsyncExitStack() as stack:
+                gate = None
+                if self._asks_approval(task):
+                    gate = await stack.enter_async_context(ApprovalGate(self.settings, self.broker, task.id))
+                options = self._agent_flags(task, gate)
+                argv = build_argv(runner.command, task.prompt, resume_session_id=resume, options=options)
+                cwd = tree.path
+                creator = task.created_by_id  # type: ignore[attr-defined]
+                shared = [gate.directory] if gate else []
+                argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator, read_write=shared)
+                env = scrubbed_env(os.environ, runner.env)
+                agent = await stack.enter_async_context(
+                    AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed)
+                )
                 outcome = await agent.run(on_line, time_limit=runner.timeout, cancel_event=cancel)
         except (AgentNotFound, ValueError, OSError) as exc:  # the agent could not be started at all
             await writer.close()
@@ -474,6 +485,22 @@ class TaskExecutor:
                 task.id, models.TaskStatus.FAILED, error=reason or "The agent reported an error", **fields
             )
 
+    def _asks_approval(self, task: models.Task) -> bool:
+        """Claude Code runs ask this system before a tool that needs permission, unless in BYPASS mode."""
+        mode = task.project.agent_permission_mode
+        return self.settings.runner.agent_cli == "claude" and mode != models.AgentPermissionMode.BYPASS
+
+    def _agent_flags(self, task: models.Task, gate: ApprovalGate | None) -> list[str]:
+        """The CLI options of this run (none for ``runner.agent_cli: generic``)."""
+        if self.settings.runner.agent_cli != "claude":
+            return []
+        mode = models.AgentPermissionMode(task.project.agent_permission_mode)
+        return AgentFlags(
+            permission_mode=PERMISSION_MODES[mode],
+            mcp_config=str(gate.mcp_config) if gate else None,
+            permission_prompt_tool=APPROVAL_PROMPT_TOOL if gate else None,
+        ).argv()
+
     async def _renew_leases(self) -> None:
         """Keep our running tasks' leases alive, and catch cancels that arrived only through the database."""
         while True:
@@ -482,7 +509,8 @@ class TaskExecutor:
             if not ids:
                 continue
             with contextlib.suppress(Exception):
-                await models.Task.filter(id__in=ids, worker_id=self.worker_id, status=RUNNING).update(
+                active = list(models.ACTIVE)
+                await models.Task.filter(id__in=ids, worker_id=self.worker_id, status__in=active).update(
                     lease_expires_at=_now() + timedelta(seconds=LEASE_SECONDS)
                 )
                 for task_id in await models.Task.filter(id__in=ids, cancel_requested=True).values_list(

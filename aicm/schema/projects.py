@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from aicm.auth.viewer import Viewer
 
 ProjectStatus = strawberry.enum(models.ProjectStatus)
+AgentPermissionMode = strawberry.enum(
+    models.AgentPermissionMode, description="Passed to the agent CLI as --permission-mode (CONTRACT §10)."
+)
 
 
 async def _member_user(info: Info, project_id: int, user_id: int) -> User:
@@ -76,8 +79,12 @@ class Project:
     has_credential: bool = strawberry.field(
         description="Whether a repository credential is set (write-only)."
     )
+    agent_permission_mode: AgentPermissionMode = strawberry.field(
+        description="Maintainer+ sets it; BYPASS (no approvals asked) only an admin."
+    )
     pk: strawberry.Private[int]
     owner_pk: strawberry.Private[int]
+    approver_role_pk: strawberry.Private[int | None]
 
     @classmethod
     def from_model(cls, project: models.Project) -> Project:
@@ -89,6 +96,8 @@ class Project:
             pk=project.id,
             owner_pk=project.owner_id,  # type: ignore[attr-defined]
             has_credential=bool(project.credential_secret),
+            agent_permission_mode=models.AgentPermissionMode(project.agent_permission_mode),
+            approver_role_pk=project.approver_role_id,
         )
 
     @strawberry.field(description="One of the members holding an owner role.")
@@ -115,6 +124,14 @@ class Project:
         )
         return connection(page, Task.from_model)
 
+    @strawberry.field(
+        description="Members whose role is at least this one decide tool approvals (default: maintainer)."
+    )
+    async def approver_role(self, info: Info) -> Role:
+        return Role.from_model(
+            await projects_resolvers.approver_role(info.context.loaders, self.approver_role_pk)
+        )
+
     @strawberry.field(description="The viewer's role in this project; null when not a member.")
     async def viewer_role(self, info: Info) -> Role | None:
         role = await info.context.loaders.viewer_role_by_project_id.load(self.pk)
@@ -135,6 +152,10 @@ class UpdateProjectInput:
     description: str | None = None
     repository_url: str | None = None
     default_branch: str | None = None
+    agent_permission_mode: AgentPermissionMode | None = None
+    approver_role_id: strawberry.ID | None = strawberry.field(
+        default=None, description="A project-scope role; members at or above it decide tool approvals."
+    )
 
 
 @strawberry.input(description="An HTTPS token or an SSH private key; neither clears the credential.")
@@ -211,6 +232,10 @@ class ProjectMutations:
             description=input.description,
             repository_url=input.repository_url,
             default_branch=input.default_branch,
+            agent_permission_mode=input.agent_permission_mode,
+            approver_role_id=decode_id(input.approver_role_id, "Role", field="approverRoleId")
+            if input.approver_role_id
+            else None,
         )
         return Project.from_model(project)
 
