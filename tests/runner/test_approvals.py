@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from starlette.applications import Starlette
 
 from aicm import models
 from aicm.auth.permissions import ADMIN, DEVELOPER, MAINTAINER, VIEWER
 from aicm.runner import approvals
+from aicm.runner.worker import QueueDispatcher, make_queue
 from aicm.schema.relay import encode_id
-from tests.conftest import AGENT_SCRIPTS
+from tests.conftest import AGENT_SCRIPTS, Backend, require_services
 from tests.factories import add_member, make_project, make_user, token_for
 from tests.graphql import assert_error, assert_ok, error_codes, execute
 from tests.schema.test_tasks import finished, start, status_becomes
+from tests.servers import CLI, TEST_JWT_SECRET, clean_env
 
 MCP_AGENT = [sys.executable, str(AGENT_SCRIPTS / "mcp_agent.py"), "{prompt}"]
 DECIDE = """mutation($id: ID!, $allow: Boolean!, $reason: String, $remember: Boolean) {
@@ -59,7 +64,7 @@ async def world(app: Starlette) -> dict[str, Any]:
             ("viewer", viewer),
         )
     }
-    return {"project": project, "tokens": tokens, "maintainer": maintainer}
+    return {"project": project, "tokens": tokens, "maintainer": maintainer, "developer": developer}
 
 
 async def pending_request(task_id: int, wait: float = 20.0) -> models.ApprovalRequest:
@@ -350,3 +355,56 @@ async def test_an_agent_without_any_network_still_reaches_the_approvers(
     finally:
         claude_runner.network = network
     assert task.status == models.TaskStatus.SUCCEEDED and task.changed_paths == ["APPROVED.md"]
+
+
+def start_claude_worker(tmp_path: Path, timeout: str = "10m") -> subprocess.Popen[bytes]:
+    """``aicli-api worker`` running the MCP-speaking agent with Claude Code's flags."""
+    database_url, redis_url = require_services()
+    config = tmp_path / "worker.yaml"
+    runner = {
+        "command": MCP_AGENT,
+        "agent_cli": "claude",
+        "approval_timeout": timeout,
+        "max_concurrent": 1,
+        "workspace_root": str(tmp_path / "workspaces"),
+        "sandbox_paths": {"read_only": [str(AGENT_SCRIPTS)]},
+    }
+    config.write_text(yaml.safe_dump({"runner": runner, "app": {"data_dir": str(tmp_path / "worker")}}))
+    env = clean_env(
+        DATABASE_URL=database_url, REDIS_URL=redis_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test"
+    )
+    log = (tmp_path / "worker.log").open("w")
+    return subprocess.Popen(
+        [*CLI, "worker", "--config", str(config)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+async def test_the_agent_waits_on_a_worker_and_the_decision_comes_from_another_instance(
+    app: Starlette, client: httpx.AsyncClient, backend: Backend, tmp_path: Path
+) -> None:
+    if not backend.uses_services:
+        pytest.skip("workers take tasks from the Redis job queue")
+    worker = start_claude_worker(tmp_path)
+    queue = make_queue(app.state.runtime.settings)
+    try:
+        w = await world(app)
+        task = await models.Task.create(
+            project=w["project"], created_by=w["developer"], prompt="write file:REMOTE.md"
+        )
+        await QueueDispatcher(queue, app.state.runtime.broker).submit(task.id)
+        request = await pending_request(task.id, wait=40)
+        running = await models.Task.get(id=task.id)
+        assert running.worker_id != app.state.runtime.executor.worker_id  # the agent runs on the worker
+        # This process is the other instance: its API decides, the worker hears it through Redis.
+        assert_ok(await decide(client, w["tokens"]["maintainer"], request.id, True))
+        done = await finished(task.id, wait=30)
+        assert done.status == models.TaskStatus.SUCCEEDED, done.error
+        assert done.changed_paths == ["REMOTE.md"]
+        assert [a["result"]["behavior"] for a in await answers(task.id)] == ["allow"]
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        await queue.disconnect()
