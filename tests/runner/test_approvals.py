@@ -22,7 +22,7 @@ from aicm.auth.permissions import ADMIN, DEVELOPER, MAINTAINER, VIEWER
 from aicm.runner import approvals
 from aicm.runner.worker import QueueDispatcher, make_queue
 from aicm.schema.relay import encode_id
-from tests.conftest import AGENT_SCRIPTS, Backend, require_services
+from tests.conftest import AGENT_SCRIPTS, DEMO_AGENT, Backend, require_services
 from tests.factories import add_member, make_project, make_user, token_for
 from tests.graphql import assert_error, assert_ok, error_codes, execute
 from tests.schema.test_tasks import finished, start, status_becomes
@@ -408,3 +408,31 @@ async def test_the_agent_waits_on_a_worker_and_the_decision_comes_from_another_i
         except subprocess.TimeoutExpired:
             worker.kill()
         await queue.disconnect()
+
+
+async def test_the_demo_agent_asks_before_its_edit_unless_edits_are_accepted(
+    app: Starlette, client: httpx.AsyncClient, claude_runner: Any
+) -> None:
+    claude_runner.command = DEMO_AGENT
+    w = await world(app)
+    task_id = await start(client, w["tokens"]["developer"], w["project"], "tidy the readme")
+    request = await pending_request(task_id)
+    assert request.tool_name == "Edit" and request.input["file_path"] == "AICM_DEMO.md"
+    assert_ok(await decide(client, w["tokens"]["maintainer"], request.id, True))
+    task = await finished(task_id)
+    assert task.status == models.TaskStatus.SUCCEEDED and task.changed_paths == ["AICM_DEMO.md"]
+
+    denied_id = await start(client, w["tokens"]["developer"], w["project"], "tidy again")
+    request = await pending_request(denied_id)
+    assert_ok(await decide(client, w["tokens"]["maintainer"], request.id, False, reason="not now"))
+    denied = await finished(denied_id)
+    assert denied.status == models.TaskStatus.SUCCEEDED and not denied.changed_paths
+    texts = await models.TaskLog.filter(task_id=denied_id).values_list("text", flat=True)
+    assert any("denied: not now" in (text or "") for text in texts)
+
+    await models.Project.filter(id=w["project"].id).update(
+        agent_permission_mode=models.AgentPermissionMode.ACCEPT_EDITS
+    )
+    accepted = await finished(await start(client, w["tokens"]["developer"], w["project"], "no asking"))
+    assert accepted.status == models.TaskStatus.SUCCEEDED and accepted.changed_paths == ["AICM_DEMO.md"]
+    assert not await models.ApprovalRequest.filter(task_id=accepted.id).exists()
