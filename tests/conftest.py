@@ -49,6 +49,7 @@ DEMO_AGENT = [
 # Child tables first: cleaning between tests must respect foreign keys.
 TABLES = [
     "webhook_deliveries",
+    "webhook_jobs",
     "webhooks",
     "approval_requests",
     "task_logs",

@@ -256,6 +256,12 @@ async def require_webhook_manage(viewer: Viewer, project: models.Project) -> Non
     await require(viewer, Permission.PROJECT_UPDATE, project)
 
 
+async def manageable_webhooks(viewer: Viewer) -> QuerySet[models.Webhook]:
+    """The webhooks of the projects where the viewer may manage them (filtered in SQL); others see none."""
+    projects = await _granted(viewer, Permission.PROJECT_UPDATE, models.Project, "id")
+    return models.Webhook.filter(project_id__in=Subquery(projects.values("id")))
+
+
 # --- members and owners ------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from aicm.models.approvals import (
     Webhook,
     WebhookDelivery,
     WebhookEvent,
+    WebhookJob,
 )
 from aicm.models.audit import AuditLog
 from aicm.models.oauth import OAuthAccount
@@ -35,4 +36,5 @@ __all__ = [
     "Webhook",
     "WebhookDelivery",
     "WebhookEvent",
+    "WebhookJob",
 ]

@@ -62,6 +62,24 @@ class Webhook(Model):
         table = "webhooks"
 
 
+class WebhookJob(Model):
+    """One event to deliver to one webhook: the queue the sender works off, retried with backoff."""
+
+    id = fields.IntField(primary_key=True)
+    webhook = fields.ForeignKeyField("models.Webhook", related_name="jobs", on_delete=fields.CASCADE)
+    event = fields.CharField(max_length=32)
+    payload: dict = fields.JSONField(default=dict)  # type: ignore[assignment]
+    attempts = fields.IntField(default=0)
+    done = fields.BooleanField(default=False)
+    # When it is due; while an attempt runs, pushed past that attempt's timeout (the claim).
+    next_attempt_at = fields.DatetimeField(db_index=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "webhook_jobs"
+        indexes = (("done", "next_attempt_at"),)
+
+
 class WebhookDelivery(Model):
     """One attempt to POST one event to one webhook."""
 

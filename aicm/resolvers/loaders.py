@@ -60,6 +60,10 @@ class Loaders:
         self.overlaps_by_task: DataLoader[int, list[models.Task]] = _loader(self._overlaps)
         self.approval_by_id: DataLoader[int, models.ApprovalRequest | None] = _loader(self._approvals)
         self.approvals_by_task: DataLoader[int, list[models.ApprovalRequest]] = _loader(self._task_approvals)
+        self.webhooks_by_project: DataLoader[int, list[models.Webhook]] = _loader(self._webhooks)
+        self.deliveries_by_webhook: DataLoader[tuple[int, int], list[models.WebhookDelivery]] = _loader(
+            self._deliveries
+        )
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
@@ -152,6 +156,22 @@ class Loaders:
         visible = await authorization.visible_approvals(self.viewer)
         rows = await visible.filter(task_id__in=task_ids).order_by("id")
         return _grouped(task_ids, rows, lambda a: a.task_id)  # type: ignore[attr-defined]
+
+    async def _webhooks(self, project_ids: list[int]) -> list[list[models.Webhook]]:
+        visible = await authorization.manageable_webhooks(self.viewer)
+        rows = await visible.filter(project_id__in=project_ids).order_by("id")
+        return _grouped(project_ids, rows, lambda h: h.project_id)  # type: ignore[attr-defined]
+
+    async def _deliveries(self, keys: list[tuple[int, int]]) -> list[list[models.WebhookDelivery]]:
+        """(webhook id, how many) → its newest delivery attempts, newest first."""
+        visible = await authorization.manageable_webhooks(self.viewer)
+        found: dict[tuple[int, int], list[models.WebhookDelivery]] = {}
+        for webhook_id, size in dict.fromkeys(keys):  # a few webhooks per request: one query each
+            rows = models.WebhookDelivery.filter(
+                webhook_id=webhook_id, webhook_id__in=Subquery(visible.values("id"))
+            )
+            found[(webhook_id, size)] = await rows.order_by("-id").limit(size)
+        return [found[key] for key in keys]
 
     async def _viewer_roles(self, project_ids: list[int]) -> list[models.Role | None]:
         roles = (authorization.project_role(self.viewer, project_id) for project_id in project_ids)

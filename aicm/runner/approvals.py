@@ -34,6 +34,7 @@ from tortoise.transactions import in_transaction
 
 from aicm import models
 from aicm.config import Settings
+from aicm.runner import webhooks
 from aicm.runner.status import announce
 from aicm.subscriptions import channels, events
 from aicm.subscriptions.broker import Broker
@@ -221,6 +222,7 @@ async def request_approval(
         await publish(channels.project(task.project_id), payload)  # type: ignore[attr-defined]
         await publish(channels.task(task_id), payload)
         await announce(task)
+        await webhooks.approval_requested(request, task)
         return await _wait(request, tool_input, timeout, subscription)
 
 

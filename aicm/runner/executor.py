@@ -28,6 +28,7 @@ from aicm import models
 from aicm.config import Settings
 from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
+from aicm.runner import webhooks
 from aicm.runner.approvals import PERMISSION_MODES, ApprovalGate
 from aicm.runner.command import APPROVAL_PROMPT_TOOL, AgentFlags, build_argv, scrubbed_env
 from aicm.runner.isolation import RunIsolation, cut_note, limit_error
@@ -104,6 +105,7 @@ async def finish(
         await publish(channels.task_logs(task_id), {"lines": [line_payload(line)]})
     await publish(channels.task_logs(task_id), {"end": True, "status": str(status)})
     await announce(task)
+    await webhooks.task_finished(task)
     return True
 
 
@@ -178,6 +180,8 @@ class TaskExecutor:
         self._background.append(asyncio.create_task(self._renew_leases(), name="aicm-runner-leases"))
         self._background.append(asyncio.create_task(self._follow_cancels(), name="aicm-runner-cancels"))
         self._background.append(asyncio.create_task(self._sweep_worktrees(), name="aicm-runner-worktrees"))
+        sender = webhooks.WebhookSender(self.settings)
+        self._background.append(asyncio.create_task(sender.run(), name="aicm-webhooks"))
         if not single_process:
             self._background.append(asyncio.create_task(self._sweep(), name="aicm-runner-sweep"))
 

@@ -49,11 +49,23 @@ CREATE INDEX IF NOT EXISTS "idx_approval_re_task_id_e061b5" ON "approval_request
 ) /* One attempt to POST one event to one webhook. */;
 CREATE INDEX IF NOT EXISTS "idx_webhook_del_at_51cf35" ON "webhook_deliveries" ("at");
 CREATE INDEX IF NOT EXISTS "idx_webhook_del_webhook_e4005d" ON "webhook_deliveries" ("webhook_id", "id");
+        CREATE TABLE IF NOT EXISTS "webhook_jobs" (
+    "id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    "event" VARCHAR(32) NOT NULL,
+    "payload" JSON NOT NULL,
+    "attempts" INT NOT NULL,
+    "done" INT NOT NULL,
+    "next_attempt_at" TIMESTAMP NOT NULL,
+    "created_at" TIMESTAMP NOT NULL,
+    "webhook_id" INT NOT NULL REFERENCES "webhooks" ("id") ON DELETE CASCADE
+) /* One event to deliver to one webhook: the queue the sender works off, retried with backoff. */;
+CREATE INDEX IF NOT EXISTS "idx_webhook_job_next_at_269fbc" ON "webhook_jobs" ("next_attempt_at");
+CREATE INDEX IF NOT EXISTS "idx_webhook_job_done_c9e58b" ON "webhook_jobs" ("done", "next_attempt_at");
+        ALTER TABLE "projects" ADD "approver_role_id" INT;
         ALTER TABLE "projects" ADD "agent_permission_mode" VARCHAR(16) NOT NULL DEFAULT 'DEFAULT' /* DEFAULT: DEFAULT
 ACCEPT_EDITS: ACCEPT_EDITS
 PLAN: PLAN
 BYPASS: BYPASS */;
-        ALTER TABLE "projects" ADD "approver_role_id" INT;
         ALTER TABLE "tasks" ADD "approval_token_hash" VARCHAR(64);
 """,
     "postgres": """
@@ -100,6 +112,19 @@ COMMENT ON TABLE "approval_requests" IS 'One ``approval_prompt`` call of a runni
 CREATE INDEX IF NOT EXISTS "idx_webhook_del_at_51cf35" ON "webhook_deliveries" ("at");
 CREATE INDEX IF NOT EXISTS "idx_webhook_del_webhook_e4005d" ON "webhook_deliveries" ("webhook_id", "id");
 COMMENT ON TABLE "webhook_deliveries" IS 'One attempt to POST one event to one webhook.';
+        CREATE TABLE IF NOT EXISTS "webhook_jobs" (
+    "id" SERIAL NOT NULL PRIMARY KEY,
+    "event" VARCHAR(32) NOT NULL,
+    "payload" JSONB NOT NULL,
+    "attempts" INT NOT NULL,
+    "done" BOOL NOT NULL,
+    "next_attempt_at" TIMESTAMPTZ NOT NULL,
+    "created_at" TIMESTAMPTZ NOT NULL,
+    "webhook_id" INT NOT NULL REFERENCES "webhooks" ("id") ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS "idx_webhook_job_next_at_269fbc" ON "webhook_jobs" ("next_attempt_at");
+CREATE INDEX IF NOT EXISTS "idx_webhook_job_done_c9e58b" ON "webhook_jobs" ("done", "next_attempt_at");
+COMMENT ON TABLE "webhook_jobs" IS 'One event to deliver to one webhook: the queue the sender works off, retried with backoff.';
         ALTER TABLE "projects" ADD "agent_permission_mode" VARCHAR(16) NOT NULL DEFAULT 'DEFAULT';
         ALTER TABLE "projects" ADD "approver_role_id" INT;
         ALTER TABLE "tasks" ADD "approval_token_hash" VARCHAR(64);
@@ -120,12 +145,13 @@ BYPASS: BYPASS';
 
 DOWNGRADE = {
     "sqlite": """
-ALTER TABLE "projects" DROP COLUMN "agent_permission_mode";
-        ALTER TABLE "projects" DROP COLUMN "approver_role_id";
+ALTER TABLE "projects" DROP COLUMN "approver_role_id";
+        ALTER TABLE "projects" DROP COLUMN "agent_permission_mode";
         ALTER TABLE "tasks" DROP COLUMN "approval_token_hash";
         DROP TABLE IF EXISTS "webhook_deliveries";
-        DROP TABLE IF EXISTS "approval_requests";
         DROP TABLE IF EXISTS "webhooks";
+        DROP TABLE IF EXISTS "approval_requests";
+        DROP TABLE IF EXISTS "webhook_jobs";
 """,
     "postgres": """
 ALTER TABLE "tasks" DROP COLUMN "approval_token_hash";
@@ -138,8 +164,9 @@ TIMED_OUT: TIMED_OUT';
         ALTER TABLE "tasks" ALTER COLUMN "status" TYPE VARCHAR(16) USING "status"::VARCHAR(16);
         ALTER TABLE "projects" DROP COLUMN "agent_permission_mode";
         ALTER TABLE "projects" DROP COLUMN "approver_role_id";
-        DROP TABLE IF EXISTS "webhook_deliveries";
         DROP TABLE IF EXISTS "approval_requests";
+        DROP TABLE IF EXISTS "webhook_deliveries";
+        DROP TABLE IF EXISTS "webhook_jobs";
         DROP TABLE IF EXISTS "webhooks";
 """,
 }
@@ -154,5 +181,5 @@ async def downgrade(db: BaseDBAsyncClient) -> str:
 
 
 MODELS_STATE = (
-    'eJztXetzm7gW/1cYf9o7k+0kTtJmM3fuDLFJ17uOnXGctrt1h8pGsbnBwuXRJLO3//uVxPtpZAPBVF8SEDoYfucgnaf0T2etK1Az34ibjaF/B9oEfrOhaXUuhX86CKwhPsjqciR0wGYTdCANFphrlAa4nWXD6U2vgrlpGWBB7v4ANBPiJgWaC0PdWKqOCNkYQeHrV58Y/1tvrK9fhQXQNEF/EIBg2AipaCmAJUTWpWCtoGDpuiaolvAEkGXiM8E2oQCQIjytdEGBC1WByhvy+4q+wA+Aqav/KRup+L1lS19CTGfgH/z8BTerSIHP0CSnnzFY5qOsKqS7aQHLNjtfSJ/No/ygQk2J8MDpRttl62VD2wbIuqYdyavN5YWu2WsUdN68WCsd+b1VRFmG3wUawILk9pZhEx4gW9NcvnlscR4/6OI8d4hGgQ/A1ggnCbXzAEFbR5ZH46l8J01luZPgskcR4obbtNARkRD8qCZ9+yV5hF+7J2fvzi5O355d4C70Mf2Wdz+cnw6AcQgpPKNp5we9Dizg9KDAB6ASbsr0JIFtbwWMdHAjRDGM8cPHMfYQzQPZawhQDj6POmBeg2dZg2hprQi2x8c5oH4QJ73fxckvuNe/yE/q+Ht2vviRe6nrXCPIh8QXbWwrifIfd+NRhgh7BDGEFXVhCf8TNNVMSHNZSHf+/WCjBQFRmNuqZqnIfEN+9j+divDPgZsARO68Ns1vWhjlX27ET3EG9IbjKwqZblpLg96F3uAqjRnyI3xhEfsIUQvF/u1ZAal/e5Yp9ORSFGY6UOD5QU4bu7eMLwHZTlC7g3Qzka5kgHEn0FScJWSvKdYD/FQALWAC84C6KslOTJudW2nUH4zeMw4qHtml4B7MkDgcjj9K/UvBPZihvjQakAbn/wxJn24HE9LgHsR1oSJcO3lbgGknbzN5Ri5FWeZqhlCRQcrU0MdwW+oapn8kcdr4LOESv/EODnF4MiBQxkh7caUnB/7p4Ea6m4o3t5Gpoi9OJXKlS1tfYq2/xFnl30T4OJj+LpBT4e/xSIrPKH6/6d8d8kzAtnQZ6U8yUEKC7rV6qEU4D583Kr7bDnyPUraQ6wfCZQ+TXDa79tAObI5SlsDmhk2IbeIyHqZM/PYJDk/hc4Z5GlC0QbnJ46X0aZqvvfusHI5H773ucZU+Pm2u4XoOjSTiV1hzhABlgR6QxWCfY7qqhkq/pV7kr8bjYQT5q0Ec2vubKwlrLJQNuJNqOT4V12mQHMXmL6mKfKYTJkG33R/TfGEvxyMTspECF1hBWEMUOwHatAm/DESJ1/DhMd3FheFKonutG1Bdoj/hS8IuioHq+n6n7m0ODNwfnvR4rcEXZYAn380aFir87viNoTMa9MS7ntiXOhkDQgnA3pvwcOe8rbgmxsAIuvgphNH9cNihAjwHi8cnYChyRJLJFb2rx1r8vslL6+463gIQWFKMyMuQR/cCGraiWkN92UkLdnjXjnKjHKSXrLndtkU3suEtFi0w8FVHfugz0FMMKw8a1Bo0ANQ1zOLRCyhq8y4dsts0KueF3aZRshZ6qE+7BaA+7WZCTS6lQs3onw4TtRDm8iVagRZQtRTndHb4K0TCA2DlB8A2TJGvTVtcFVULOrujr04/bq2TZHud91ib0Q02mz1Mwr0gW212Che3LbfYlmGhapRZORZtayUuFrqNUvPoIteP8sxLHX+IKxk4XYtl0DHZmJ87JPkNW+hUTEx7/l+Ib/0lZnpy87JO8zLMkaIaSpiGa+QFFBVP1BkwDpG0EOLu+XmRnJzz8+ycHHItijJcYxuGBWOfoH3Kdve8iBDjXjkAJ8R4gbXM3fJnopQtzKNosQJuY7WOTf8OUVQVMzu0KThH/bbNtNm3Ku27YdgW1b5DIpUeMXsd3fvW0OksnaJ2e5dyNe6N06kCXZsr1a+oVLPWeLS4vOOkUPb1SU729UlK9rVmL5mUabd/Ofi+ruhWj274yRIgZ6fZxcjqk+XOK8QJKkq1w6qbaunGi2wbTJZMkrIF8EdF/byQqJ/niPp5mqjTZ5bnBlauViyIJynbaERWYKVjU1CByFKBJj/it2TBPIW0faCXX/gSgs2E+CTFes8e1VOJ24B63YP74VWMib3p4IPEOLq7VJeC83+GCHL4gNSLuUedRnwVtMpe3kBjrZomfnaZmGe7sifzZjVOw33pWrwfTln55ZKR6j16gDnW60m3U1nqD6Z3hI/B2QzdDsXRpUD+ztDVX7fiHe7h/G8IV+n6CtCQDV1Lr4TNjhqnkPLocTKH/rC8wDwLoxwn8EbZkelRSu76bwrXU4rt3KcPuK4/IVbff5iEO/+3Ov8pXNz7v8X7HxaqiPt/giV8MuhN8/z/Ic88rUhM0cGvXMLrPydQAxkerKhf/8avbjyw4SoL80Sd3J44tayEKwLPE5yvdH1fhD46d2kTSDXE2twPLzviFnyZW+NucmhEqCDVzYv/0QgvT3N71SoqZbeVIcJ0XHdtiu5axGLxPnGmzylKxAu+U8x/dsfKvv6UtiPKE6yqtbFCM/GeVlYop+fAZLaopRUdALcvTsCT18pIXouPryUgOnFv01I5Dc0pzA6BKo0UCnuKbeKxI9skIW/E8wAPb+I5yrE6XjcPsEF5alUUueckqeWl7bQtSa2GLClzoWctjlEgc8EjbvBiJJ27v+6m0s2l4PyfodvJ+A+pN70U3INmBLeD/AKmxR1iZM1Y4IH8XmsWeKBvJaspI1HuGolhMr5GIsMaiYeVgsA9ert79BJmPUOcb6VueKxvezCLWqe+9bE7WMSGb5nVWWk8iwZIU0xFL3CabSr60dmKlwCMOoP40n+1r80ADJJWyhbBCNPw9MWk7uBsvJVENDsFPqBoRX0eT3zfMmKUt1XK5H40oi3uwQx9FAdTfCBfjyeyeIutyw/i8FJIa52hu/teT5L6JHXeP5yha3EwJE3O/xnqiaOeNKRN/uEMEXWrL4/vsQnrH+5ixHYLLSORs4pEwnEDn1UL8zct1z5zUIvQ8EEtOahBw0hbwit7TPMJeCkP+4i2wHaNbJsp0/K1poOsQqoQUQz0B0LVKtj74/uroSTcTqTe4G7gelx8W5JejNr4E0kcxlHWVNmETjkN25KxSco2SHnMu9i9KOJe7F5k+xfJtSjkGsAyasJvDENzmKS+7I7jAxmXn3TjMSO5I1t8I0RccotJLgQmlHff6CuNnu8D1ZzSlGR+34KYC/5+zzDlC8v1vaeRcx88gw/e38na0h8hklfAZFo/IYO8fcNd+aFv9sUq+CIVjItUzMlsYMAHJpBDNBzm4jAv9PVaZVobNUbWPrDLHzNWECg7IB0j40hvR9pBiylBI0SyV3JGw5CuOwtjsQJomRbFzFndJiBpg2zX7gij8CnyBlgrNomPE3K5313uN7a52ikZJkLIrd0mW7traCx34nGEkPO4yTzmWW3ZSlu7stpi4XFjN65HKfm33eRv+0FF6o6zdIyU87nJfPZGYtbd2xN0FWU5HF56HK/o5+XSjUkIPtqzXDr4zEuAt7T99ppYM50YEJn33EuGqvZMcBfd20ycmGGLxDoaSteXJSz95e5l3xaAqi4EIHBl1AK4SOaXA8ge18pexspyqxFIis9eS1hdqcufpSDgt2739PRd9/j07cX52bt35xfH/hSdvJQ3V18N3pPpOqLNbi8bYEvgqj13q+Ga0eFsMM2NtKPdjDT8XhCsWeKgAUUrSkCiMdAi6XjZyXiJVDzWXT322sqj2ciedgtAe9rNxJZcioJrwWem2iWvP49uskc3yQTLEtT0+vNY5u6xTKrLMjl4QhRch9nu3fH0+T19Dy1b3fko5n0ICVWTthulHp8UM9HzBGXbiKTIn68udoj+72w7r+b9zhsGbvXbnTd/F9eaFhXrFlpUrJuzqFg3uajYBpjmk45HRNbKgQRhG3TbGpKtVVPG4776PUWmcytlInQ1lsh4o8nBVsjwfJ5scW9vPg8tiNX0pYp2KUOME/Nsj6Y5EndakUzHt1nhYXSh2yitNoAlujYW8b1E51YH+OkXikGSDZ8U2Y2ul7OIW1uh4ovdNXNjq2YOu3wpwCZmAPh4Zfh2tq8eH+XcVidPRxTMF9OC61/p8swCoRSWBkCYT4KlC0AgN3zTiUHGQJaaTODtFkH3OOAbYr3qhlimqS7RbntiRUm5edIUnbWIecK3b/optm86OERzQlaN22OoEQrJEd9kqGpIszYZeuUooLdvbIqyGNpSNltXDO9ey8OBBzVK5ml0tsEUDHS7tzDrqntcNF6VG7BKRKzgd5jqvMvOCAoo+KYrEf24jFQhEy4MyJQMF1C0QuprX+2Dx7N+QoOx6RWtB2fp8JLWanDlJa28pLXZ0JZZ04rp1O/QUPcN1bgWY9+53UuLBLvSiE0ctmxbPIzsVptcjrJ1exxnjKAALAuuNxYJwNyO76aCjtuo5UFayIl782Q4h5m6yK5R3qvwXaNeKS2YMI/FE+ATtMIqqroCy/1eGAQ3RFGfsnbSaOndvjtUdr1y1oZQ3KC45BsB1esRaXZ9eK2TWnsdIFF9puAoFSXiNvp2G/0pCF3taUSGgmAHBnFRQzIqXU2KTYrYdlmsOinmkHvlKM8KAkEfHpc8pO/6KMceweas6bogilokIZIW2iSVVHeRj4oBYbd7C9E9KRT8PcmJ/Z4kQ7/4F61UqzpvUwefpP7g7+vo2KWFeRlqbMqfzH78H3p830M='
+    'eJztXelv2zgW/1cEf+oCmSJxjmaDxQKK43TccezAcdrONIVKW4ytiUy5OpoEs/3fl6Tu06IjKTLLL4lM8en4vSfyneQ/nZWhQt16K6/XpvED6BP43YGW3TmT/ukgsIL4IK/LntQB63XYgTTYYKZTGuB1Vky3Nz0LZpZtgjm5+j3QLYibVGjNTW1tawYiZGMEpW/fAmL8b7W2v32T5kDXJeNeApLpIKShhQQWENlnkr2Ekm0YuqTZ0iNAtoV/SY4FJYBU6XFpSCqcaypU35L7q8YcPwCmrv9WDtLweyu2sYCYzsQ3/PIVN2tIhU/QIj+/YLCsB0VTSXfLBrZjdb6SPusH5V6DuhrjgduNtiv285q2DZB9STuSV5spc0N3VijsvH62lwYKemuIsgy/CzSBDcnlbdMhPECOrnt889niPn7YxX3uCI0K74GjE04SavcBwraOoozGU+WmP1WUTorLPkWEG17T3EBEQvCjWvTtF+QRfuseHL07Oj08OTrFXehjBi3vfrq3DoFxCSk8o2nnJz0PbOD2oMCHoBJuKvRHCtveEpjZ4MaIEhjjh09i7CNaBLLfEKIcfh5NwLwCT4oO0cJeEmz39wtA/ShPer/Lkze417/ILQ38Pbtf/Mg71XXPEeQj4ovWjp1G+cPNeJQjwj5BAmFVm9vS/yRds1LSXBXSnf/cO2hOQJRmjqbbGrLektv+t1MT/gVwE4DIlVeW9V2PovzmSv6cZEBvOD6nkBmWvTDpVegFzrOYoTzAZxaxjxFxKPYnRyWk/uQoV+jJqTjMdKDA84OSNXZvGF9Csq2g9gbpdiJdywDjTaCZOPeRs6JYD/BTATSHKcxD6rokOzVtdq77o4vB6D3joOKTnUnewR2Sh8Pxp/7FmeQd3KGL/mhAGtz/d6j/+XowIQ3eQVIXKsO1g5MSTDs4yeUZORVnmacZQlUBGVPDBYbb1lYw+yNJ0iZnCY/4rX+wi8OTCYE6RvqzJz0F8E8HV/2bqXx1HZsqLuRpn5zp0tbnROubJKuCi0ifBtPfJfJT+ms86idnlKDf9K8OeSbg2IaCjEcFqBFB91t91GKch09rDV9tC77HKTnk+o5w2cekkM2ePbQFm+OUFbC5ZRMiT1zGw5SF3z7F4Sl8yjFPQwoelJsiXvY/T4u194CVw/Hovd89qdInp80VXM2gmUb8HGuOEKA80EOyBOwzTFfXUBm0NIv8+Xg8jCF/PkhCe3t13scaC2UD7qTZrk/FcxqkR7HZc6Yin+uESdFt9se0X9ir8chEbKTQBVYS1gjFVoC2bcKvAlHiNbx/yHZxYbjS6F4aJtQW6A/4nLKLEqB6vt+pd5kdA/enLz1+a/hFmeAxcLNGhQq/O35j6I4GPfmmJ1/0OzkDQgXA3lpwd+e8jbimxsAYuvgppNHtcNihAjwD84dHYKpKTJLJGaNrJFqCvulTq+4q2QIQWFCMyMuQR/cDGo6q2UNj0ckKdvjn9gqjHKSXonvdNkU38uEtFy0w8VlXfugz0J8YVhE0aDRoAKhrmMWjF1I05l3aZbdpXM5Lu03jZBx6qA+7JaA+7OZCTU5lQs3on44ScQhz9RKtQhtoeoZzOj/8FSERAbDqA2BrpsjXmhdXRd2Czu7oa9KP2+gkya/zHmszhslms0dJhBdko81O4RK25QbbMipUrTIrx7JjL+X53HBQZh5d7PxekXlp4A9xqQC3a7kMOiYb80uHJL9hC52KieXM/ob40l8TpqcwL5s0L6McKauhRGmERl5CUfFFnQHjCAmHEHePj8vk5Bwf5+fkkHNxlOEK2zAsGAcE/Cnb3eMyQox7FQCcEuM51jK3y5+JU3KYR8GxAu5gtY5N/45Q1BUz27UpuED9dqys2bcu7btl2JbVviMilR0xex3d+9o06CydoXb7pwo17rXbqQZdWyjVr6hUs9Z4cFzecVAq+/qgIPv6ICP7WncWTMq0178afF9XdOtHN/pkKZDz0+wSZM3JcucV4gQ1pdph1U2zDfNZcUwmSyZNyQH8cVE/LiXqxwWifpwl6vSZlZmJlaslC+JpSh6NyBqsdGwKqhDZGtCVB/yWLJhnkPIHevWFLxHYLIh/ZFjv+aN6JjEPqDc9uO9exZjcmw4+9hlHd4/qTHL/3yGCHD4g9WLeUacVXwWtslfW0FxploWfXSHm2bbsyb1Yg9PwRf9Svh1OWfnlkZHqPXqAOdbr9a+nSv9iML0hfAx/3aHroTw6k8jfO3T+57V8g3u4/1vCVbq+AjQV09CzK2Hzo8YZpCJ6nM6h3y0vsMjCqMYJvFa3ZHqcUrj+28L1jGI77+lDrhuPiNX3HyURzv+Nzn8Kl/D+b/D+R4Uq5v6fYAmfDHrTIv9/xDNPKxIzdPBzj/DyjwnUQY4HK+7XvwqqG3dsuMrDPFUn90KcOCvhisHzCGdLw3gpQp/cq/AEUgOxNu/Dy4+4hV/mxribEhkRakh18+N/NMIr0txetYpK3W5liCid0F3boruWsVj8T5zpc4oTiYLvDPOf3bHyUn8K74iKBKt6bazITPxCKyuS07NjMlvW0ooPgJsXJxDJa1UkryXH1woQnXiX4VROI3MKs0OgTiOFwp5hm/jsyDdJyBuJPMDdm3j2CqyO180DbFGeWh1F7gVJakVpO7wlqTWQJWXNjbzFMUpkLvjELV6MpHPz5820f3Umuf/v0PVk/KHfm55J3kE7gtthfgHT4g4JsnYs8EDux80CD/StFC1jJCpcIzFKJtZIZFgjcbdSEIRHb3uPXsqsZ4jzLbW1iPVtDmZR6zSwPrYHi9jwnFmdtcazaIA0w1T0A6f5pmIQna15CcC4M0gs/df42gzAJGmlbBGMKI1IX0zrDu7GW2lE81PgQwou6vNE4vuGEaO6rVImt6MRbfEO7tAneTDFB8rleKLI19i6/CgPz6Ss1jt0c9vr9fsXJHU+OLxDl/JgSJrc/3eoJ496/SFtCg7vEFG3LpTxLTZhg8NtjNhuqWUkClaRSDlu4JNmY/5m5drnDmoxGjGopQc1aJpZS3jlj2kBgSjlYR/R5tiuURwrY1q+1A2QV0gVIUqAfk+ouIL9Ynx7PuxL15N+b3Az8DwugS1JT8Zt/ElfHiZR1jXFgm45DduSsWlKHqQ84V3snpZxL3ZP8/2L5Fwcch1gGbXgd4ahOUrSXHbH/o6My4+G+ZCT3JEvvjEiIbnlJBcCCyrbb/SVRS/2gWpPaUo6v29OzIVgv2eY8YUV+t6zyIUPnsEHH+xkbRsPEClLYDGtn5BDzt9wV33om32xCrFIBeMiFTMyG5jwngnkCI2AuTzMc2O10pjWRk2Q8Qd29WPGEgJ1C6QTZALpzUi7aDElaERIXpSc0TKkm87CmC8BWmRFMQtWtwlJeJDtxh1hFD5VWQN7ySbxSUIh99vL/dqxllslw8QIhbXbZmt3Bc3FVjyOEQoet5nHIqstX2njK6stER43t+N6nFJ8223+tu81pG05SydIBZ/bzGd/JGbdvT1FV1OWw+6lx4mKflEu3ZqE4L0XlkuHn3kF8Fa2314ba6ZTAyLznnvpUNULE9xl7zITN2bIkVjHQ+nGooKlv7y97HkBqO5CAAJXTi2Ah2RxOYDic63qZaxsrxqBpPi8aAmrc23xqxQE/LvbPTx8190/PDk9Pnr37vh0P5ii06eK5urzwXsyXce02c1lA2wJXI3nbrVcM9qdDaaFkba3nZGG3wuCFUscNKTgogQkHgMtk46Xn4yXSsVj3dXjRVt5tBvZw24JaA+7udiSU3FwbfjEVLvk9xfRTfboJplgWYKafn8Ry9w+lkl1WSYHT4RC6DCbvTu+Pv9C3wNnqzvvJbwPEaFq03aj1OOTYSb6nqB8G5EU+YvVxXbR/51v5zW833nLwK1/u/P27+La0KJi3VKLinULFhXrphcVWwPLejTwiMhaOZAi5EG3bSDZWrMUPO5rPzJkurBSJkbXYImMP5rsbIWMyOfJF3d+83loQaxuLDS0TRliklhke7TNkbjVimQGvswSD6Nzw0FZtQEs0bWxjK8lu5fawU+/VAySbPikKl50vZpF3HiFSix2186Nrdo57IqlANuYARDglePb2bx6fJxzG508HVmyni0brn6jyzNLhFJamABhPkm2IQGJXPBtJwEZA1lmMoG/WwTd40BsiPWqG2JZlrZA2+2JFScV5klbdNYy5onYvumX2L5p5xAtCFm1bo+hVigke2KTobohzdtk6JWjgP6+sRnKYmRL2XxdMbp7rQgH7tQoWaTROSZTMNDrzmHWVXe/bLyqMGCViljBHzDTeZefERRSiE1XYvpxFalCFpybkCkZLqTgQuobX+1DxLN+QYOx7RWtO2fpiJLWenAVJa2ipLXd0FZZ04rptB/Q1F4aqvEsxgv3cs8cCXZMSv82ZtUA9cGY8YRRA36KQLTy/RVR6dvot1Dior851jVGUAK2DVdrmwSprsc3U8nAbdQ6Iy3kh3fxdMiLmbrMzlr+q4idtV4pdZowj8VbEhBwYTnWXaXmfS8MghuhaE6hPWi19G7eQSu/pjtv0yxhdJ2JzZKa9Rq1u4a+0UmNXydRXJ8pOUrFiYQfY7Mf4zEM773Q0I4ECncM4rLGdly6Whi/JZZkvknk2ZmbrSHfsi1nBwVWi2dEJQwYDOUSSpjPDqRHFsRMNiWyI5UlGff3e5IJMXugKj1q9lIieODWbKOpvluVsbBUfCvSF+FZXfG0SxJ/EIaWMLT4MbTW4Fk3QIbg5sekIyTtCEqT23ITlPZGGhZjLUoidlBMGmv+OM5QsOqTiO3cGIpVk/NkCvJimy2DnD8DbkcMNh8ksdmAsNOFnS7sdGGnb2eny9DU5stOho3undkrss9B2EfkWO/Sd71XYM7+gKblZQmUNWgjJByatLWsVEM+KgaEve4contQKpH9oCCP/SCdxo7vaGc6ZYo2qAxImvcZvI5CX5l3gGG9kOons5//B7EtR7U='
 )
