@@ -260,7 +260,7 @@ class RunnerConfig:
     sandbox_paths: SandboxPathsConfig = field(default_factory=SandboxPathsConfig)
     network: bool = True  # false: the agent runs with no network at all (needs the sandbox)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    agent_cli: str = "claude"  # claude: pass Claude Code's flags (AgentFlags); generic: pass none
+    agent_cli: str = "claude"  # claude: the runner adds Claude CLI flags (--max-budget-usd...); generic: none
     approval_timeout: float = 600.0  # an undecided tool approval is EXPIRED (and denied) after this
 
 

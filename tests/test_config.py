@@ -345,7 +345,8 @@ def test_every_size_field_is_an_int_field():
 
 def test_runner_sandbox_and_limits_defaults(tmp_path):
     runner = load(tmp_path, "").runner
-    assert (runner.sandbox, runner.network) == ("auto", True)
+    assert (runner.sandbox, runner.network, runner.agent_cli) == ("auto", True, "claude")
+    assert load(tmp_path, "runner: {agent_cli: generic}\n").runner.agent_cli == "generic"
     assert (runner.sandbox_paths.read_only, runner.sandbox_paths.read_write, runner.sandbox_paths.hidden) == (
         [],
         [],
@@ -383,6 +384,7 @@ def test_runner_limits_take_sizes_and_durations_and_null_turns_one_off(tmp_path)
         ("runner: {limits: {line_bytes: 0B}}", "runner.limits.line_bytes: must be at least 1, got 0"),
         ("runner: {sandbox: none, network: false}", "runner.network: false needs the sandbox"),
         ("runner: {sandbox_paths: {secret: [/x]}}", "runner.sandbox_paths.secret: unknown key"),
+        ("runner: {agent_cli: codex}", "runner.agent_cli: expected one of claude, generic, got 'codex'"),
     ],
 )
 def test_bad_runner_sandbox_and_limits(tmp_path, text, expected):

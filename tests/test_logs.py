@@ -145,6 +145,8 @@ def test_exception_becomes_error_and_stack(stream: io.StringIO) -> None:
         ("GET /graphql?access_token=abc123 HTTP/1.1", "abc123"),
         ("refreshToken: r-456 reused", "r-456"),
         ("client_secret=shh", "shh"),
+        ('{"input": {"provider": "anthropic", "apiKey": "k-123"}}', "k-123"),
+        ("the agent saw sk-ant-api03-AbC_dEf-123456 and failed", "sk-ant-api03-AbC_dEf-123456"),
     ],
 )
 def test_redactor_removes_secrets_from_free_text(text: str, secret: str) -> None:

@@ -188,7 +188,7 @@ async def require_merge(viewer: Viewer, task: models.Task) -> None:
 
 
 async def require_credential_manage(viewer: Viewer, project: models.Project) -> None:
-    """Repository credentials are set by maintainer+ (``project:update``)."""
+    """Repository and agent credentials of a project are set by maintainer+ (``project:update``)."""
     await require(viewer, Permission.PROJECT_UPDATE, project)
 
 

@@ -29,6 +29,8 @@ _KEY_VALUE = re.compile(
 )
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# Anthropic API keys (agent credentials) wherever they turn up, e.g. inside an exception message.
+_ANTHROPIC_KEY = re.compile(r"(?<![A-Za-z0-9_-])sk-ant-[A-Za-z0-9_-]{8,}")
 
 
 def _redact_key_value(match: re.Match[str]) -> str:
@@ -42,7 +44,7 @@ class Redactor:
 
     A value goes when its key names a secret (password, passwd, secret, token, authorization, cookie, api_key,
     refresh, private_key; case-insensitive substring). Free text loses ``Bearer …``/``Basic …`` credentials,
-    JWT-looking strings and ``password=…`` / ``"token": "…"`` forms.
+    JWT-looking strings, Anthropic API keys (``sk-ant-…``) and ``password=…`` / ``"token": "…"`` forms.
 
     >>> Redactor().redact({"user": "ann", "headers": {"Authorization": "Bearer abc"}})
     {'user': 'ann', 'headers': {'Authorization': '[REDACTED]'}}
@@ -56,7 +58,8 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         text = _KEY_VALUE.sub(_redact_key_value, text)
         text = _AUTH_SCHEME.sub(lambda m: f"{m[1]} {REDACTED}", text)
-        return _JWT.sub(REDACTED, text)
+        text = _JWT.sub(REDACTED, text)
+        return _ANTHROPIC_KEY.sub(REDACTED, text)
 
     def redact(self, value: Any, key: object = None, _depth: int = 0) -> Any:
         """A JSON-ready copy of ``value`` without secrets (``key`` is the name it was stored under)."""

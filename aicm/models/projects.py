@@ -32,6 +32,10 @@ class Project(Model):
     # The repository credential, encrypted (aicm/crypto.py); kind is "token" or "ssh_key", null when none.
     credential_kind = fields.CharField(max_length=16, null=True)
     credential_secret = fields.TextField(null=True)
+    # The project's agent API key (provider "anthropic"), encrypted like the repository credential.
+    agent_credential_secret = fields.TextField(null=True)
+    # New tasks are refused once this calendar month's (UTC) task costs reach it; null = no budget.
+    monthly_budget_usd = fields.FloatField(null=True)
     status = fields.CharEnumField(ProjectStatus, max_length=16, default=ProjectStatus.ACTIVE, db_index=True)
     # One of the members holding an owner role; kept pointing at a current owner.
     owner = fields.ForeignKeyField(

@@ -36,6 +36,7 @@ class Task(Model):
     exit_code = fields.IntField(null=True)
     error = fields.TextField(null=True)
     cost_usd = fields.FloatField(null=True)
+    max_budget_usd = fields.FloatField(null=True)  # passed to the CLI (--max-budget-usd); null = none
     cli_session_id = fields.CharField(max_length=128, null=True)  # from the CLI's init line, for --resume
     last_seq = fields.IntField(default=0)  # the highest TaskLog.seq written
     worker_id = fields.CharField(max_length=128, null=True)  # the process running it

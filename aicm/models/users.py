@@ -13,6 +13,8 @@ class User(Model):
     name = fields.CharField(max_length=200, default="")
     password_hash = fields.CharField(max_length=255, null=True)  # null for OAuth-only users
     is_active = fields.BooleanField(default=True)
+    # The user's own agent API key (provider "anthropic"), encrypted (aicm/crypto.py); null when none.
+    agent_credential_secret = fields.TextField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     last_login_at = fields.DatetimeField(null=True)
 

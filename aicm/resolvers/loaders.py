@@ -20,6 +20,7 @@ from aicm import models
 from aicm.auth import authorization
 from aicm.auth.viewer import Viewer
 from aicm.ids import MAX_KEY
+from aicm.resolvers import budgets
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -64,6 +65,7 @@ class Loaders:
         self.deliveries_by_webhook: DataLoader[tuple[int, int], list[models.WebhookDelivery]] = _loader(
             self._deliveries
         )
+        self.month_cost_by_project_id: DataLoader[int, float] = _loader(self._month_costs)
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""
@@ -172,6 +174,11 @@ class Loaders:
             )
             found[(webhook_id, size)] = await rows.order_by("-id").limit(size)
         return [found[key] for key in keys]
+
+    async def _month_costs(self, project_ids: list[int]) -> list[float]:
+        """This month's summed task costs per project, over the tasks the viewer may read."""
+        costs = await budgets.month_costs(project_ids, await authorization.visible_tasks(self.viewer))
+        return [costs[project_id] for project_id in project_ids]
 
     async def _viewer_roles(self, project_ids: list[int]) -> list[models.Role | None]:
         roles = (authorization.project_role(self.viewer, project_id) for project_id in project_ids)

@@ -14,7 +14,7 @@ from aicm.auth import authorization
 from aicm.auth.permissions import MAINTAINER, OWNER, Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict, NotFound
-from aicm.resolvers import validation
+from aicm.resolvers import budgets, validation
 from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.pagination import Page, paginate
 from aicm.resolvers.unit_of_work import UnitOfWork, unit_of_work
@@ -26,6 +26,16 @@ if TYPE_CHECKING:
     from aicm.runner.workspace import Workspaces
 
 SLUG_ATTEMPTS = 5
+
+
+class _Unchanged:
+    """The value of an update argument the client left out (null means "clear" where a field may be null)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
 
 
 def slugify(name: str) -> str:
@@ -120,7 +130,9 @@ async def update_project(
     default_branch: str | None = None,
     agent_permission_mode: models.AgentPermissionMode | None = None,
     approver_role_id: int | None = None,
+    monthly_budget_usd: float | None = UNCHANGED,
 ) -> models.Project:
+    """Change what is given; ``monthly_budget_usd=None`` removes the budget, ``UNCHANGED`` keeps it."""
     project = await get_project(viewer, project_id)
     await authorization.require(viewer, Permission.PROJECT_UPDATE, project)
     changes: dict[str, Any] = {}
@@ -145,6 +157,10 @@ async def update_project(
         branch = validation.text(default_branch, "defaultBranch", min_len=1, max_len=255)
         await workspaces.check_branch(project, branch)
         changes["default_branch"] = branch
+    if monthly_budget_usd is not UNCHANGED:
+        changes["monthly_budget_usd"] = (
+            None if monthly_budget_usd is None else budgets.amount(monthly_budget_usd, "monthlyBudgetUsd")
+        )
     if changes:
         async with unit_of_work(viewer) as uow:
             await project.update_from_dict(changes).save(using_db=uow.connection)

@@ -12,7 +12,7 @@ from aicm.auth import authorization
 from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict
-from aicm.resolvers import validation
+from aicm.resolvers import budgets, validation
 from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.pagination import Page, page_size, paginate
 from aicm.resolvers.unit_of_work import unit_of_work
@@ -61,6 +61,7 @@ async def _start(
     *,
     workspaces: Workspaces | None = None,
     base_ref: str | None = None,
+    max_budget_usd: float | None = None,
 ) -> models.Task:
     user = viewer.require_user()
     await authorization.require(viewer, Permission.TASK_CREATE, project)
@@ -72,6 +73,11 @@ async def _start(
     if base_ref is not None and workspaces is not None:
         base_ref = validation.text(base_ref, "baseRef", min_len=1, max_len=255)
         await workspaces.check_base_ref(project, base_ref)  # else checked when it runs
+    if max_budget_usd is not None:
+        max_budget_usd = budgets.amount(max_budget_usd, "maxBudgetUsd")
+    elif parent is not None:
+        max_budget_usd = parent.max_budget_usd  # a follow-up keeps its task's cap
+    await budgets.require_within_budget(viewer, project)
     async with unit_of_work(viewer) as uow:
         task = await models.Task.create(
             project=project,
@@ -79,6 +85,7 @@ async def _start(
             prompt=prompt,
             parent_id=parent.id if parent else None,
             base_ref=base_ref,
+            max_budget_usd=max_budget_usd,
             using_db=uow.connection,
         )
         await uow.audit(
@@ -99,16 +106,28 @@ async def create_task(
     project_id: int,
     prompt: str,
     base_ref: str | None = None,
+    max_budget_usd: float | None = None,
 ) -> models.Task:
-    """A new task on a new branch from ``base_ref`` (default: the project's default branch)."""
+    """A new task on a new branch from ``base_ref`` (default: the project's default branch); the CLI may
+    spend at most ``max_budget_usd`` on it."""
     project = await authorization.get_visible_project(viewer, project_id)
-    return await _start(viewer, dispatcher, project, prompt, None, workspaces=workspaces, base_ref=base_ref)
+    return await _start(
+        viewer,
+        dispatcher,
+        project,
+        prompt,
+        None,
+        workspaces=workspaces,
+        base_ref=base_ref,
+        max_budget_usd=max_budget_usd,
+    )
 
 
 async def follow_up_task(
     viewer: Viewer, dispatcher: TaskDispatcher, task_id: int, *, prompt: str
 ) -> models.Task:
-    """A new task in the same project that resumes the CLI conversation of ``task_id``."""
+    """A new task in the same project that resumes the CLI conversation of ``task_id`` (and keeps its
+    ``max_budget_usd``)."""
     parent = await get_task(viewer, task_id)
     return await _start(viewer, dispatcher, parent.project, prompt, parent)
 

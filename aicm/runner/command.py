@@ -5,16 +5,23 @@ whatever characters it holds.
 
 >>> build_argv(["claude", "-p", "{prompt}", "--verbose"], "fix $(this) {0}", resume_session_id="abc-1")
 ['claude', '-p', 'fix $(this) {0}', '--verbose', '--resume', 'abc-1']
+
+Flags for what a task asks of the Claude CLI come from ``AgentFlags`` (with ``runner.agent_cli: claude``)::
+
+>>> build_argv(["claude", "-p", "{prompt}"], "go", options=AgentFlags(max_budget_usd=0.5).argv())
+['claude', '-p', 'go', '--max-budget-usd', '0.5']
 >>> AgentFlags(permission_mode="acceptEdits").argv()
 ['--permission-mode', 'acceptEdits']
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 __all__ = [
     "APPROVAL_PROMPT_TOOL",
@@ -43,13 +50,16 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 APPROVAL_PROMPT_TOOL = "mcp__aicm__approval_prompt"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AgentFlags:
-    """Claude Code options of one run (``runner.agent_cli: claude``; a generic agent gets none).
+    """What a run asks of the Claude CLI, as its flags (``argv``); a field left ``None`` adds nothing.
 
     ``permission_mode`` is the CLI's value (``default``, ``acceptEdits``, ``plan``, ``bypassPermissions``);
     ``mcp_config`` the path of the run's MCP config; ``permission_prompt_tool`` the tool the CLI asks before a
     tool that needs approval (``APPROVAL_PROMPT_TOOL``).
+
+    >>> AgentFlags(max_budget_usd=2.0).argv()
+    ['--max-budget-usd', '2.0']
     """
 
     max_budget_usd: float | None = None
@@ -58,16 +68,19 @@ class AgentFlags:
     permission_prompt_tool: str | None = None
 
     def argv(self) -> list[str]:
-        args: list[str] = []
+        flags: list[str] = []
         if self.max_budget_usd is not None:
-            args += ["--max-budget-usd", f"{self.max_budget_usd:g}"]
+            if not (math.isfinite(self.max_budget_usd) and self.max_budget_usd > 0):
+                raise ValueError(f"max_budget_usd must be a positive number: {self.max_budget_usd!r}")
+            # Plain decimal notation: 1e-05 would not parse as a dollar amount everywhere.
+            flags += ["--max-budget-usd", format(Decimal(repr(self.max_budget_usd)), "f")]
         if self.permission_mode is not None:
-            args += ["--permission-mode", self.permission_mode]
+            flags += ["--permission-mode", self.permission_mode]
         if self.mcp_config is not None:
-            args += ["--mcp-config", self.mcp_config]
+            flags += ["--mcp-config", self.mcp_config]
         if self.permission_prompt_tool is not None:
-            args += ["--permission-prompt-tool", self.permission_prompt_tool]
-        return args
+            flags += ["--permission-prompt-tool", self.permission_prompt_tool]
+        return flags
 
 
 def build_argv(
@@ -78,7 +91,7 @@ def build_argv(
     options: Sequence[str] = (),
 ) -> list[str]:
     """``template`` with every ``{prompt}`` replaced by ``prompt``, plus ``--resume <id>`` when given, then
-    ``options`` (e.g. ``AgentFlags.argv()``).
+    ``options`` (e.g. ``AgentFlags(...).argv()``) as they are.
 
     An element that is exactly ``{python}`` becomes the server's own interpreter (``sys.executable``).
 
@@ -114,7 +127,8 @@ def build_argv(
     for option in options:
         if "\x00" in option:
             raise ValueError("agent options must not contain NUL characters")
-    return argv + list(options)
+        argv.append(option)
+    return argv
 
 
 def scrubbed_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

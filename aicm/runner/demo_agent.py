@@ -8,14 +8,14 @@ Configure it as the runner command (the interpreter must be the one aicm is inst
       env: {AICM_DEMO_DELAY: "0.05"}   # seconds between lines; runner.env is how it reaches the agent
 
 It accepts the Claude flags the server passes (``-p``, ``--output-format``, ``--verbose``, ``--resume ID``,
-``--permission-mode``, ``--mcp-config``, ``--permission-prompt-tool``) and ignores the others. It lists the
-workspace (the task's git worktree) and appends one line for the prompt to ``NOTES_FILE`` there, so every demo
-task has a real diff on its branch.
+``--max-budget-usd USD``, ``--permission-mode``, ``--mcp-config``, ``--permission-prompt-tool``) and ignores
+the others. It lists the workspace (the task's git worktree) and appends one line for the prompt to
+``NOTES_FILE`` there, so every demo task has a real diff on its branch.
 
 Like Claude Code, it asks before that edit when it was given an MCP config and a permission prompt tool and
 its permission mode is neither ``bypassPermissions`` nor ``acceptEdits``: it starts the config's MCP server
 and calls the tool (``{"tool_name": "Edit", "input": …}``); a deny skips the edit and says why. So the whole
-approval flow (CONTRACT §10) shows with ``make run``.
+approval flow (CONTRACT §10) shows with ``config/demo.yaml``.
 
 Words in the prompt steer it, for tests and demos:
 
@@ -24,6 +24,9 @@ Words in the prompt steer it, for tests and demos:
 ``fail``         end with a result ``is_error: true`` and exit code 1
 ``stderr``       write a line to stderr
 ``spawn-child``  start a child process (sleeps 60 s) in the agent's process group, before any sleep
+``cost:USD``     report ``total_cost_usd`` USD (default: a few tenths of a cent from the turns). Past
+                 ``--max-budget-usd`` it stops there, like the CLI: result ``error_max_budget_usd``, the
+                 budget as the cost, exit code 1. Monthly project budgets can be tried with it.
 
 Standard library only, but for the ``mcp`` SDK (a server dependency) when it asks: it must run wherever the
 server runs.
@@ -47,6 +50,7 @@ VERSION = "1.0.0 (AICM demo agent)"
 DEFAULT_DELAY = 0.05
 MAX_EXTRA_LINES = 1_000_000
 MAX_SLEEP = 3600.0
+MAX_COST = 1_000_000.0
 NOTES_FILE = "AICM_DEMO.md"
 LISTED_ENTRIES = 20
 
@@ -74,6 +78,7 @@ _VALUE_FLAGS = frozenset(
         "--settings",
         "--setting-sources",
         "--agents",
+        "--max-budget-usd",
     }
 )
 
@@ -85,6 +90,7 @@ class Options:
         self.verbose = False
         self.resume: str | None = None
         self.version = False
+        self.max_budget_usd: float | None = None
         self.permission_mode = "default"
         self.mcp_config: str | None = None
         self.permission_prompt_tool: str | None = None
@@ -121,6 +127,8 @@ def parse_args(argv: Sequence[str]) -> Options:
             options.output_format = value or ""
         elif arg in ("--resume", "-r"):
             options.resume = value or None
+        elif arg == "--max-budget-usd":
+            options.max_budget_usd = _positive(value)
         elif arg == "--permission-mode":
             options.permission_mode = value or "default"
         elif arg == "--mcp-config":
@@ -138,8 +146,23 @@ def parse_args(argv: Sequence[str]) -> Options:
     return options
 
 
+def _positive(value: str | None) -> float | None:
+    try:
+        number = float(value or "")
+    except ValueError:
+        return None
+    return number if 0 < number < float("inf") else None
+
+
 def directives(prompt: str) -> dict[str, Any]:
-    found: dict[str, Any] = {"lines": 0, "sleep": 0.0, "fail": False, "stderr": False, "spawn_child": False}
+    found: dict[str, Any] = {
+        "lines": 0,
+        "sleep": 0.0,
+        "fail": False,
+        "stderr": False,
+        "spawn_child": False,
+        "cost": None,
+    }
     for word in prompt.split():
         name, _, arg = word.partition(":")
         try:
@@ -147,6 +170,8 @@ def directives(prompt: str) -> dict[str, Any]:
                 found["lines"] = max(0, min(int(arg), MAX_EXTRA_LINES))
             elif name == "sleep" and arg:
                 found["sleep"] = max(0.0, min(float(arg), MAX_SLEEP))
+            elif name == "cost" and arg:
+                found["cost"] = max(0.0, min(float(arg), MAX_COST))
         except ValueError:
             continue
         if word in ("fail", "stderr"):
@@ -294,7 +319,7 @@ def run(options: Options) -> int:
             "mcp_servers": [],
             "model": MODEL,
             "permissionMode": "default",
-            "apiKeySource": "none",
+            "apiKeySource": "ANTHROPIC_API_KEY" if os.environ.get("ANTHROPIC_API_KEY") else "none",
         }
     )
     opening = "Picking up where we left off" if options.resume else "I'll start by looking at the workspace"
@@ -331,23 +356,33 @@ def run(options: Options) -> int:
         out.say(f"Waiting {steer['sleep']:g} s before finishing…")
         time.sleep(steer["sleep"])
 
-    failed = steer["fail"]
-    if failed:
+    cost = steer["cost"]
+    if cost is None:
+        cost = round(0.0021 * out.turns + 0.000003 * out.output_tokens, 5)
+    over_budget = options.max_budget_usd is not None and cost > options.max_budget_usd
+    failed = steer["fail"] or over_budget
+    if over_budget:
+        cost = options.max_budget_usd
+        final = f"Reached the maximum budget (${options.max_budget_usd:g}); stopped before finishing."
+        subtype = "error_max_budget_usd"
+    elif failed:
         final = "I could not finish: the prompt asked the demo agent to fail."
+        subtype = "error_during_execution"
     else:
         final = f"Done. This was a demo run for “{_short(prompt, 80)}”; I noted it in {NOTES_FILE}."
+        subtype = "success"
     out.say(final, last=True)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     result = {
         "type": "result",
-        "subtype": "error_during_execution" if failed else "success",
+        "subtype": subtype,
         "is_error": failed,
         "duration_ms": elapsed_ms,
         "duration_api_ms": int(elapsed_ms * 0.9),
         "num_turns": out.turns,
         "result": final,
         "session_id": session_id,
-        "total_cost_usd": round(0.0021 * out.turns + 0.000003 * out.output_tokens, 5),
+        "total_cost_usd": cost,
         "usage": {"input_tokens": 1200 * out.turns, "output_tokens": out.output_tokens},
         "permission_denials": [],
     }

@@ -29,6 +29,7 @@ from aicm.config import Settings
 from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
 from aicm.runner import webhooks
+from aicm.runner.agent_credentials import ENV_NAMES, RunKey, UndecryptableCredential, run_key
 from aicm.runner.approvals import PERMISSION_MODES, ApprovalGate
 from aicm.runner.command import APPROVAL_PROMPT_TOOL, AgentFlags, build_argv, scrubbed_env
 from aicm.runner.isolation import RunIsolation, cut_note, limit_error
@@ -53,6 +54,8 @@ WAITING = models.TaskStatus.WAITING_FOR_APPROVAL
 # After the grace, a stopped agent gets SIGTERM, then SIGKILL DEFAULT_GRACE later, then is reaped: wait that.
 STOP_WAIT = DEFAULT_GRACE + 10.0
 WORKTREE_SWEEP_EVERY = 3600.0  # how often worktrees past runner.worktree_retention are looked for
+REDACTED = "[REDACTED]"  # what a run's API key becomes in the lines its agent prints
+MIN_REDACTED = 8  # a shorter "key" (a test value) would blank out ordinary words
 
 
 def new_worker_id() -> str:
@@ -420,16 +423,49 @@ class TaskExecutor:
             return f"Could not save the agent's work: {describe(exc)}"
         return None
 
+    def agent_flags(self, task: models.Task, gate: ApprovalGate | None = None) -> AgentFlags | None:
+        """The Claude CLI flags for what the task asks (its budget, the project's permission mode, the
+        run's approval gate); None with ``runner.agent_cli: generic``."""
+        if self.settings.runner.agent_cli != "claude":
+            return None
+        mode = models.AgentPermissionMode(task.project.agent_permission_mode)
+        return AgentFlags(
+            max_budget_usd=task.max_budget_usd,
+            permission_mode=PERMISSION_MODES[mode],
+            mcp_config=str(gate.mcp_config) if gate else None,
+            permission_prompt_tool=APPROVAL_PROMPT_TOOL if gate else None,
+        )
+
+    async def _agent_env(self, task: models.Task) -> dict[str, str]:
+        """The scrubbed environment with the run's API key (creator's, else project's, else runner.env's).
+
+        Raises ``UndecryptableCredential`` rather than falling back to another key (and another bill)."""
+        env = scrubbed_env(os.environ, self.settings.runner.env)
+        key: RunKey | None = await run_key(self.workspaces.box, task)
+        if key is not None:
+            env[key.env_name] = key.value
+        return env
+
     async def _execute(self, task: models.Task, cancel: asyncio.Event) -> None:
         runner = self.settings.runner
         resume = None
         if task.parent_id:
             parent = await models.Task.get_or_none(id=task.parent_id)
             resume = parent.cli_session_id if parent else None
+        try:
+            env = await self._agent_env(task)
+        except (UndecryptableCredential, ValueError) as exc:
+            await finish(task.id, models.TaskStatus.FAILED, error=f"Could not start the agent: {exc}")
+            return
+        # An agent told to print its key must not put it in the task's log (readable by every project viewer).
+        secret = env.get(ENV_NAMES["anthropic"], "")
+        secret = secret if len(secret) >= MIN_REDACTED else ""
         summary = RunSummary()
         writer = LogWriter(task.id, task.last_seq)
 
         async def on_line(stream: str, line: str) -> None:
+            if secret and secret in line:
+                line = line.replace(secret, REDACTED)
             parsed = parse_line(stream, line)
             summary.feed(parsed)
             await writer.add(parsed.stream, parsed.kind, parsed.text, parsed.data)
@@ -444,13 +480,13 @@ class TaskExecutor:
                 gate = None
                 if self._asks_approval(task):
                     gate = await stack.enter_async_context(ApprovalGate(self.settings, self.broker, task.id))
-                options = self._agent_flags(task, gate)
+                flags = self.agent_flags(task, gate)
+                options = flags.argv() if flags is not None else []
                 argv = build_argv(runner.command, task.prompt, resume_session_id=resume, options=options)
                 cwd = tree.path
                 creator = task.created_by_id  # type: ignore[attr-defined]
                 shared = [gate.directory] if gate else []
                 argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator, read_write=shared)
-                env = scrubbed_env(os.environ, runner.env)
                 agent = await stack.enter_async_context(
                     AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed)
                 )
@@ -493,17 +529,6 @@ class TaskExecutor:
         """Claude Code runs ask this system before a tool that needs permission, unless in BYPASS mode."""
         mode = task.project.agent_permission_mode
         return self.settings.runner.agent_cli == "claude" and mode != models.AgentPermissionMode.BYPASS
-
-    def _agent_flags(self, task: models.Task, gate: ApprovalGate | None) -> list[str]:
-        """The CLI options of this run (none for ``runner.agent_cli: generic``)."""
-        if self.settings.runner.agent_cli != "claude":
-            return []
-        mode = models.AgentPermissionMode(task.project.agent_permission_mode)
-        return AgentFlags(
-            permission_mode=PERMISSION_MODES[mode],
-            mcp_config=str(gate.mcp_config) if gate else None,
-            permission_prompt_tool=APPROVAL_PROMPT_TOOL if gate else None,
-        ).argv()
 
     async def _renew_leases(self) -> None:
         """Keep our running tasks' leases alive, and catch cancels that arrived only through the database."""

@@ -25,12 +25,32 @@ from aicm.schema.roles import RoleMutations, RoleQueries
 from aicm.schema.subscriptions import Subscription
 from aicm.schema.tasks import TaskMutations, TaskQueries
 from aicm.schema.users import UserMutations, UserQueries
+from aicm.schema.viewer import ViewerMutations, ViewerQueries
 
 Query = merge_types(
-    "Query", (UserQueries, AuthQueries, ProjectQueries, TaskQueries, RoleQueries, AuditQueries, OAuthQueries)
+    "Query",
+    (
+        UserQueries,
+        ViewerQueries,
+        AuthQueries,
+        ProjectQueries,
+        TaskQueries,
+        RoleQueries,
+        AuditQueries,
+        OAuthQueries,
+    ),
 )
 Mutation = merge_types(
-    "Mutation", (AuthMutations, UserMutations, ProjectMutations, TaskMutations, RoleMutations, OAuthMutations)
+    "Mutation",
+    (
+        AuthMutations,
+        UserMutations,
+        ViewerMutations,
+        ProjectMutations,
+        TaskMutations,
+        RoleMutations,
+        OAuthMutations,
+    ),
 )
 
 

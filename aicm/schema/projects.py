@@ -10,6 +10,7 @@ import strawberry
 
 from aicm import models
 from aicm.errors import NotFound
+from aicm.resolvers import agent_credentials as agent_credentials_resolvers
 from aicm.resolvers import projects as projects_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.resolvers import webhooks as webhooks_resolvers
@@ -20,6 +21,7 @@ from aicm.schema.relay import Connection, connection, decode_id, encode_id
 from aicm.schema.roles import Role
 from aicm.schema.tasks import Task, TaskStatus
 from aicm.schema.users import User
+from aicm.schema.viewer import AgentCredentialInput
 
 if TYPE_CHECKING:
     from aicm.auth.viewer import Viewer
@@ -118,6 +120,14 @@ class Project:
     agent_permission_mode: AgentPermissionMode = strawberry.field(
         description="Maintainer+ sets it; BYPASS (no approvals asked) only an admin."
     )
+    has_agent_credential: bool = strawberry.field(
+        description="Whether the project's agent API key is set (write-only); used by tasks whose creator "
+        "has none of their own."
+    )
+    monthly_budget_usd: float | None = strawberry.field(
+        description="New tasks are refused (FORBIDDEN, reason BUDGET_EXCEEDED) once monthCostUsd reaches it; "
+        "null = no budget."
+    )
     pk: strawberry.Private[int]
     owner_pk: strawberry.Private[int]
     approver_role_pk: strawberry.Private[int | None]
@@ -134,7 +144,12 @@ class Project:
             has_credential=bool(project.credential_secret),
             agent_permission_mode=models.AgentPermissionMode(project.agent_permission_mode),
             approver_role_pk=project.approver_role_id,
+            has_agent_credential=bool(project.agent_credential_secret),
         )
+
+    @strawberry.field(description="The summed costUsd of the tasks created this calendar month (UTC).")
+    async def month_cost_usd(self, info: Info) -> float:
+        return await info.context.loaders.month_cost_by_project_id.load(self.pk)
 
     @strawberry.field(description="One of the members holding an owner role.")
     async def owner(self, info: Info) -> User:
@@ -193,6 +208,9 @@ class UpdateProjectInput:
     description: str | None = None
     repository_url: str | None = None
     default_branch: str | None = None
+    monthly_budget_usd: float | None = strawberry.field(
+        default=strawberry.UNSET, description="Maintainer+; null removes the budget, absent keeps it."
+    )
     agent_permission_mode: AgentPermissionMode | None = None
     approver_role_id: strawberry.ID | None = strawberry.field(
         default=None, description="A project-scope role; members at or above it decide tool approvals."
@@ -284,6 +302,11 @@ class ProjectMutations:
             approver_role_id=decode_id(input.approver_role_id, "Role", field="approverRoleId")
             if input.approver_role_id
             else None,
+            monthly_budget_usd=(
+                projects_resolvers.UNCHANGED
+                if input.monthly_budget_usd is strawberry.UNSET
+                else input.monthly_budget_usd
+            ),
         )
         return Project.from_model(project)
 
@@ -329,6 +352,22 @@ class ProjectMutations:
     @strawberry.mutation(permission_classes=[IsAuthenticated], description="Maintainer+.")
     async def remove_project_webhook(self, info: Info, id: strawberry.ID) -> bool:
         return await webhooks_resolvers.remove_project_webhook(info.context.viewer, decode_id(id, "Webhook"))
+
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="Maintainer+: set (or, without apiKey, remove) the project's agent credential.",
+    )
+    async def set_project_agent_credential(
+        self, info: Info, project_id: strawberry.ID, input: AgentCredentialInput
+    ) -> Project:
+        project = await agent_credentials_resolvers.set_project_agent_credential(
+            info.context.viewer,
+            info.context.runtime.workspaces,
+            _project_id(project_id, "projectId"),
+            provider=input.provider,
+            api_key=input.api_key,
+        )
+        return Project.from_model(project)
 
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def add_project_member(

@@ -141,6 +141,9 @@ class Task:
     exit_code: int | None
     error: str | None
     cost_usd: float | None
+    max_budget_usd: float | None = strawberry.field(
+        description="The most the agent CLI may spend on this run (--max-budget-usd)."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -218,6 +221,9 @@ class CreateTaskInput:
     prompt: str
     base_ref: str | None = strawberry.field(
         default=None, description="Branch, tag or commit to start from; default: the default branch."
+    )
+    max_budget_usd: float | None = strawberry.field(
+        default=None, description="The most the agent CLI may spend (--max-budget-usd); positive."
     )
 
 
@@ -310,6 +316,7 @@ class TaskMutations:
             project_id=decode_id(input.project_id, "Project", field="projectId"),
             prompt=input.prompt,
             base_ref=input.base_ref,
+            max_budget_usd=input.max_budget_usd,
         )
         return Task.from_model(task)
 

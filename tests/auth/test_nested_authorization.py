@@ -136,6 +136,7 @@ QUERIES = [
         outcome(WEBHOOK_MANAGERS, EMPTY, outsider=HIDDEN, task_reader=HIDDEN)),
     Row("projects.webhooks", "{ projects { edges { node { webhooks { url } } } } }",
         "projects.edges.node.webhooks.url", outcome(WEBHOOK_MANAGERS, EMPTY)),
+    Row("viewer.user", "{ viewer { user { email } } }", "viewer.user.email", outcome(frozenset(ACTORS), HIDDEN)),
     Row("auditLog.actor", "{ auditLog { edges { node { actor { email } } } } }",
         "auditLog.edges.node.actor.email", outcome(frozenset({"admin", "auditor"}), FORBID)),
 ]  # fmt: skip

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from aicm.config import DEFAULT_RUNNER_COMMAND
-from aicm.runner.command import build_argv, scrubbed_env
+from aicm.runner.command import AgentFlags, build_argv, scrubbed_env
 
 NASTY_PROMPT = "$(touch /tmp/x); rm -rf ~ && echo \"q\" 'x' `id` | ; > {prompt} {}"
 
@@ -117,3 +117,19 @@ def test_the_python_placeholder_is_the_servers_own_interpreter() -> None:
 
     argv = build_argv(["{python}", "-m", "aicm.runner.demo_agent", "-p", "{prompt}"], "hello {python}")
     assert argv == [sys.executable, "-m", "aicm.runner.demo_agent", "-p", "hello {python}"]
+
+
+def test_agent_flags_give_claude_flags_for_the_fields_set() -> None:
+    assert AgentFlags().argv() == []
+    assert AgentFlags(max_budget_usd=2.5).argv() == ["--max-budget-usd", "2.5"]
+    assert AgentFlags(max_budget_usd=0.00001).argv() == ["--max-budget-usd", "0.00001"]  # never 1e-05
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            AgentFlags(max_budget_usd=bad).argv()
+
+
+def test_options_come_after_resume_unchanged() -> None:
+    argv = build_argv(["claude", "-p", "{prompt}"], "x", resume_session_id="s-1", options=["--a", "{prompt}"])
+    assert argv == ["claude", "-p", "x", "--resume", "s-1", "--a", "{prompt}"]
+    with pytest.raises(ValueError):
+        build_argv(["claude"], "x", options=["bad\x00"])
