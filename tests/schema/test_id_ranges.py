@@ -145,6 +145,11 @@ ROWS = [
         {"p": "Project"},
     ),
     Row(
+        "Mutation.setProjectAgentCredential",
+        'mutation($p: ID!) { setProjectAgentCredential(projectId: $p, input: {provider: "anthropic"}) { id } }',
+        {"p": "Project"},
+    ),
+    Row(
         "Mutation.removeProjectWebhook",
         "mutation($id: ID!) { removeProjectWebhook(id: $id) }",
         {"id": "Webhook"},
