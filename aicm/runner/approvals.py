@@ -48,6 +48,7 @@ __all__ = [
     "authenticate",
     "decide",
     "deny",
+    "expire",
     "expire_pending",
     "input_key",
     "publish_decided",
@@ -237,11 +238,7 @@ async def _wait(
             return _answer(current, tool_input, limit)
         left = (current.expires_at - _now()).total_seconds()
         if left <= 0:
-            reason = f"No decision within runner.approval_timeout ({limit:g} s): denied"
-            async with in_transaction() as connection:
-                expired = await decide(request.id, models.ApprovalStatus.EXPIRED, connection, reason=reason)
-            if expired:
-                await publish_decided(request.id, None)
+            await expire(request.id, f"No decision within runner.approval_timeout ({limit:g} s): denied")
             continue  # read what won
         with contextlib.suppress(TimeoutError, StopAsyncIteration):
             async with asyncio.timeout(min(POLL_SECONDS, left)):
@@ -253,10 +250,25 @@ async def expire_pending(task_id: int, reason: str) -> None:
     for request_id in await models.ApprovalRequest.filter(task_id=task_id, status=PENDING).values_list(
         "id", flat=True
     ):
-        async with in_transaction() as connection:
-            expired = await decide(request_id, models.ApprovalStatus.EXPIRED, connection, reason=reason)
+        await expire(request_id, reason)
+
+
+async def expire(request_id: int, reason: str) -> bool:
+    """EXPIRED (denied) unless decided meanwhile, with an audit row by nobody; True when this call did it."""
+    async with in_transaction() as connection:
+        expired = await decide(request_id, models.ApprovalStatus.EXPIRED, connection, reason=reason)
         if expired:
-            await publish_decided(request_id, None)
+            await models.AuditLog.create(
+                actor_id=None,
+                action="approval.expire",
+                target_type="ApprovalRequest",
+                target_id=str(request_id),
+                details={"reason": reason},
+                using_db=connection,
+            )
+    if expired:
+        await publish_decided(request_id, None)
+    return expired
 
 
 class ApprovalGate:

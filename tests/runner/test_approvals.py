@@ -161,6 +161,8 @@ async def test_an_undecided_call_expires_and_is_denied(
     assert answer["result"]["behavior"] == "deny" and "approval_timeout" in answer["result"]["message"]
     (request,) = await models.ApprovalRequest.filter(task_id=task_id)
     assert request.status == models.ApprovalStatus.EXPIRED and request.decided_by_id is None
+    audit = await models.AuditLog.get(action="approval.expire", target_id=str(request.id))
+    assert audit.actor_id is None and "approval_timeout" in audit.details["reason"]
     late = await decide(client, w["tokens"]["maintainer"], request.id, True)
     assert_error(late, "CONFLICT")
     assert task.status == models.TaskStatus.SUCCEEDED
