@@ -184,7 +184,7 @@ class TaskExecutor:
         self._background.append(asyncio.create_task(self._follow_cancels(), name="aicm-runner-cancels"))
         self._background.append(asyncio.create_task(self._sweep_worktrees(), name="aicm-runner-worktrees"))
         sender = webhooks.WebhookSender(self.settings)
-        self._background.append(asyncio.create_task(sender.run(), name="aicm-webhooks"))
+        self._background.append(asyncio.create_task(sender.run(self.broker), name="aicm-webhooks"))
         if not single_process:
             self._background.append(asyncio.create_task(self._sweep(), name="aicm-runner-sweep"))
 

@@ -34,6 +34,10 @@ from aicm.crypto import SecretBox
 from aicm.errors import BadUserInput
 from aicm.ids import encode_id
 from aicm.runner.workspace import encryption_key
+from aicm.subscriptions import channels
+from aicm.subscriptions.broker import Broker
+from aicm.subscriptions.publisher import publish
+from aicm.subscriptions.subscription import FellBehind
 
 __all__ = ["WebhookSender", "approval_requested", "check_url", "enqueue", "sign", "task_finished"]
 
@@ -41,7 +45,8 @@ log = logging.getLogger("aicm.webhooks")
 
 SIGNATURE_HEADER = "X-AICM-Signature"
 RETRY_BASE = 2.0  # seconds before the first retry; doubled each time
-POLL_SECONDS = 1.0
+IDLE_POLL = 60.0  # with nothing due: the wake-up event on the broker comes first
+MIN_WAIT = 0.05
 BATCH = 20
 MAX_URL = 2000
 MAX_ERROR = 500
@@ -174,6 +179,8 @@ async def enqueue(project_id: int, event: models.WebhookEvent, payload: dict[str
     body = {"event": str(event), "at": _now().isoformat(), **payload}
     for hook in hooks:
         await models.WebhookJob.create(webhook=hook, event=str(event), payload=body, next_attempt_at=_now())
+    if hooks:
+        await publish(channels.webhooks(), {"queued": len(hooks)})
     return len(hooks)
 
 
@@ -181,23 +188,44 @@ async def enqueue(project_id: int, event: models.WebhookEvent, payload: dict[str
 
 
 class WebhookSender:
-    """Works off due ``WebhookJob`` rows until cancelled (one per executor; instances share the queue)."""
+    """Works off due ``WebhookJob`` rows until cancelled (one per executor; instances share the queue).
+
+    It sleeps until the next job is due (a retry) or a wake-up on the broker says jobs were queued, and
+    looks at the table at least every ``IDLE_POLL`` seconds (a wake-up lost with a Redis reconnect); an idle
+    sender runs no SQL in between."""
 
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.box = box(settings)
         self.transport = transport
 
-    async def run(self) -> None:
-        async with httpx.AsyncClient(
+    async def run(self, broker: Broker) -> None:
+        client = httpx.AsyncClient(
             transport=self.transport, timeout=self.settings.webhooks.timeout, follow_redirects=False
-        ) as client:
+        )
+        async with client, broker.subscribe([channels.webhooks()]) as wakeups:
+            items = aiter(wakeups)
             while True:
+                wait = IDLE_POLL
                 try:
                     await self.send_due(client)
+                    wait = await self._until_next_due()
                 except Exception:
                     log.exception("sending webhooks failed", extra={"event": "webhook_sender_failed"})
-                await asyncio.sleep(POLL_SECONDS)
+                try:
+                    async with asyncio.timeout(wait):
+                        await anext(items)
+                except (TimeoutError, FellBehind):  # FellBehind: many wake-ups at once, one pass sends all
+                    pass
+                except StopAsyncIteration:  # the broker closed: only the clock wakes us now
+                    await asyncio.sleep(wait)
+
+    @staticmethod
+    async def _until_next_due() -> float:
+        job = await models.WebhookJob.filter(done=False).order_by("next_attempt_at").first()
+        if job is None:
+            return IDLE_POLL
+        return max(MIN_WAIT, min(IDLE_POLL, (job.next_attempt_at - _now()).total_seconds()))
 
     async def send_due(self, client: httpx.AsyncClient) -> int:
         """Claim and send the jobs due now; how many were attempted."""
