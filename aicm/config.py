@@ -261,6 +261,14 @@ class RunnerConfig:
     network: bool = True  # false: the agent runs with no network at all (needs the sandbox)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     agent_cli: str = "claude"  # claude: the runner adds Claude CLI flags (--max-budget-usd...); generic: none
+    approval_timeout: float = 600.0  # an undecided tool approval is EXPIRED (and denied) after this
+
+
+@dataclass
+class WebhooksConfig:
+    allow_private: bool = False  # production: URLs on loopback/private addresses are refused unless true
+    timeout: float = 10.0  # one delivery attempt
+    max_attempts: int = 5  # then the delivery is given up (each attempt is in Webhook.deliveries)
 
 
 @dataclass
@@ -295,6 +303,7 @@ class Settings:
     auth: AuthConfig = field(default_factory=AuthConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     graphql: GraphQLConfig = field(default_factory=GraphQLConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     config_path: Path | None = None  # the file it was loaded from, if any
 
     @property
@@ -345,7 +354,9 @@ DURATION_FIELDS = frozenset(
         "runner.shutdown_grace",
         "runner.worktree_retention",
         "runner.git_timeout",
+        "runner.approval_timeout",
         "runner.limits.cpu_time",
+        "webhooks.timeout",
     }
 )
 
@@ -576,6 +587,9 @@ def _check_auth_and_runner(s: Settings, problems: _Problems) -> None:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
     problems.one_of("runner.sandbox", s.runner.sandbox, ("auto", "bubblewrap", "none"))
     problems.one_of("runner.agent_cli", s.runner.agent_cli, ("claude", "generic"))
+    problems.positive("runner.approval_timeout", s.runner.approval_timeout)
+    problems.positive("webhooks.timeout", s.webhooks.timeout)
+    problems.at_least("webhooks.max_attempts", s.webhooks.max_attempts, 1)
     if not s.runner.network and s.runner.sandbox == "none":
         problems.append("runner.network: false needs the sandbox (runner.sandbox is none)")
     for name, value in vars(s.runner.limits).items():

@@ -134,6 +134,30 @@ async def task_updates(
             await access.after(item)
 
 
+async def approval_requests(
+    viewer: Viewer, broker: Broker, auth: AuthServices, project_id: int
+) -> AsyncIterator[int]:
+    """The id of each approval request of the project when it is asked for and when it is decided."""
+    project = await authorization.get_visible_project(viewer, project_id)
+    await authorization.require(viewer, Permission.TASK_READ, project)
+    access = Access(auth, viewer, project_id, Permission.TASK_READ)
+    await access.settle()
+    async with broker.subscribe(access.channels()) as subscription:
+        async for item in _items(subscription):
+            if (
+                isinstance(item, Event)
+                and item.channel == channels.project(project_id)
+                and item.payload.get("type") in events.APPROVAL_EVENTS
+            ):
+                yield item.payload["approval_id"]
+            await access.after(item)
+
+
+async def approval_now(loaders: Loaders, approval_id: int) -> models.ApprovalRequest | None:
+    """A request a stream reports, as the stream's viewer may see it now (None: no longer visible)."""
+    return await loaders.approval_by_id.load(approval_id)
+
+
 async def task_now(loaders: Loaders, task_id: int) -> models.Task:
     """A task a stream reports, as the stream's viewer may see it now."""
     task = await loaders.task_by_id.load(task_id)

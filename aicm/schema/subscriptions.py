@@ -14,7 +14,7 @@ from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.projects import Project, ProjectMember
 from aicm.schema.relay import decode_id, encode_id
-from aicm.schema.tasks import Task, TaskLogLine
+from aicm.schema.tasks import ApprovalRequest, Task, TaskLogLine
 from aicm.schema.users import User, user_or_none
 from aicm.subscriptions import events
 
@@ -53,6 +53,12 @@ class ProjectEvent:
         task_id = self.payload.get("task_id")
         task = await info.context.loaders.task_by_id.load(task_id) if task_id else None
         return Task.from_model(task) if task else None
+
+    @strawberry.field(description="The request, for APPROVAL_* events; null when you may not read it.")
+    async def approval(self, info: Info) -> ApprovalRequest | None:
+        approval_id = self.payload.get("approval_id")
+        request = await info.context.loaders.approval_by_id.load(approval_id) if approval_id else None
+        return ApprovalRequest.from_model(request) if request else None
 
     @strawberry.field(description="The membership, for MEMBER_* events (as it was, for a removal).")
     def member(self) -> ProjectMember | None:
@@ -95,6 +101,20 @@ class Subscription:
         async for pk in _open(info, subscriptions_resolvers.task_updates, task_pk):
             context.renew_loaders()
             yield Task.from_model(await subscriptions_resolvers.task_now(context.loaders, pk))
+
+    @strawberry.subscription(
+        permission_classes=[IsAuthenticated],
+        description="The project's approval requests as they are asked for and decided.",
+    )
+    async def approval_requests(
+        self, info: Info, project_id: strawberry.ID
+    ) -> AsyncGenerator[ApprovalRequest, None]:
+        context, project_pk = info.context, decode_id(project_id, "Project", field="projectId")
+        async for pk in _open(info, subscriptions_resolvers.approval_requests, project_pk):
+            context.renew_loaders()
+            request = await subscriptions_resolvers.approval_now(context.loaders, pk)
+            if request is not None:
+                yield ApprovalRequest.from_model(request)
 
     @strawberry.subscription(
         permission_classes=[IsAuthenticated],
