@@ -1,0 +1,7 @@
+"""``python -m aicm.aicli``: the same as the ``aicli`` console script."""
+
+import sys
+
+from aicm.aicli.main import main
+
+sys.exit(main())
