@@ -84,7 +84,17 @@ async def find_project(api: Api, ref: str) -> dict[str, Any]:
     except ApiError as exc:
         if exc.code not in ("NOT_FOUND", "BAD_USER_INPUT"):
             raise
-    candidates = await list_projects(api, search=ref, archived=True)
+    # search matches names (and descriptions); a slug needs the whole list
+    for candidates in (await list_projects(api, search=ref, archived=True), None):
+        found = _matching(
+            candidates if candidates is not None else await list_projects(api, archived=True), ref
+        )
+        if found is not None:
+            return found
+    raise CliError(f"no project {ref!r} that you can see (aicli projects lists them)")
+
+
+def _matching(candidates: list[dict[str, Any]], ref: str) -> dict[str, Any] | None:
     for key in ("slug", "name"):
         found = [p for p in candidates if p[key] == ref] or [
             p for p in candidates if p[key].casefold() == ref.casefold()
@@ -94,4 +104,4 @@ async def find_project(api: Api, ref: str) -> dict[str, Any]:
         if found:
             ids = ", ".join(p["id"] for p in found)
             raise CliError(f"several projects are named {ref!r} ({ids}); give the ID")
-    raise CliError(f"no project {ref!r} that you can see (aicli projects lists them)")
+    return None
