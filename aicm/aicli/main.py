@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from aicm.aicli.api import Api
 from aicm.aicli.commands import Context, approvals, projects, session, tasks
@@ -13,7 +14,6 @@ from aicm.aicli.errors import CliError
 from aicm.aicli.render import Output
 from aicm.aicli.store import CredentialStore, StoreError, config_dir
 
-VERSION = "1.0.0"
 INTERRUPTED = 130
 
 
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
         "JSON with --json.",
     )
     top.add_argument("--json", action="store_true", default=False, help="print JSON")
-    top.add_argument("--version", action="version", version=f"aicli {VERSION}")
+    top.add_argument("--version", action="version", version=f"aicli {_version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (session, projects, tasks, approvals):
         module.register(commands, common)
@@ -56,6 +56,13 @@ async def _run(store: CredentialStore, out: Output, args: argparse.Namespace) ->
         raise CliError(str(exc)) from None
     async with Api(store, credentials) as api:
         return await args.handler(Context(store=store, api=api, out=out), args)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("aicode-manager")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 if __name__ == "__main__":
