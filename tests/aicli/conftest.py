@@ -7,6 +7,8 @@ that goes through transparent refreshes, and the server closes followers' WebSoc
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -22,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from aicm.config import RunnerConfig
 from tests.conftest import DEMO_AGENT, EMBEDDED, SERVICES, require_services
 from tests.servers import TEST_JWT_SECRET, clean_env, serve
 
@@ -67,11 +70,15 @@ class Server:
         return data["login"]["accessToken"]
 
 
-@pytest.fixture(scope="package", params=[EMBEDDED, SERVICES])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp(f"aicli-{request.param}")
+# Servers with tool approvals (CONTRACT §10) pass Claude Code's flags to the agent unless runner.agent_cli is
+# generic; then the demo agent asks before its edit. Only the approvals tests want that.
+HAS_APPROVALS = "agent_cli" in {field.name for field in dataclasses.fields(RunnerConfig)}
+
+
+@contextlib.contextmanager
+def start_server(tmp: Path, backend: str, **runner: Any) -> Iterator[Server]:
     env = clean_env(APP_ENV="test")
-    if request.param == SERVICES:
+    if backend == SERVICES:
         database_url, redis_url = require_services()
         env |= {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "JWT_SECRET": TEST_JWT_SECRET}
     config = {
@@ -81,6 +88,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             "command": DEMO_AGENT,
             "env": {"AICM_DEMO_DELAY": "0.01"},
             "workspace_root": str(tmp / "ws"),
+            **runner,
         },
         "security": {
             "rate_limit": {"burst_size": 1500, "auth_requests_per_minute": 100_000, "auth_burst_size": 10_000}
@@ -89,6 +97,13 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     (tmp / "server.yaml").write_text(yaml.safe_dump(config))
     with serve(tmp, env, "--config", str(tmp / "server.yaml")) as base:
         yield Server(base)
+
+
+@pytest.fixture(scope="package", params=[EMBEDDED, SERVICES])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp(f"aicli-{request.param}")
+    with start_server(tmp, request.param, **({"agent_cli": "generic"} if HAS_APPROVALS else {})) as running:
+        yield running
 
 
 class Aicli:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 from typing import Any
@@ -13,14 +14,18 @@ from aicm.aicli.api import Api
 from aicm.aicli.commands import Context
 from aicm.aicli.commands.projects import find_project, list_projects
 from aicm.aicli.errors import ApiError, CliError, Dropped, Unreachable
+from aicm.aicli.follow import MAX_BACKOFF, MAX_RECONNECTS
 from aicm.aicli.render import Output, short_time, status_text
-from aicm.aicli.socket import Socket
+from aicm.aicli.socket import REFUSED, Socket
 
 FIELDS = """id toolName input status requestedAt decidedAt reason decidedBy { email }
   task { id prompt project { id name } }"""
-# The status is written into the document (checked to be an enum name) and the decision's input inline, so
-# the client names no GraphQL type of the server's but the fields the API's contract lists.
-LIST = "query($p: ID) {{ approvalRequests(projectId: $p{status}) {{ {fields} }} }}"
+# The status is written into the document (checked to be an enum name) and the decision's input inline: the
+# client names no GraphQL type of the server's, only fields.
+LIST = """query($p: ID!, $after: String) {{
+  approvalRequests(projectId: $p{status}, first: 100, after: $after) {{
+    pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {fields} }} }} }} }}"""
+MAX_PAGES = 100
 WATCH = f"subscription($p: ID!) {{ approvalRequests(projectId: $p) {{ {FIELDS} }} }}"
 DECIDE = f"""mutation($id: ID!, $allow: Boolean!, $reason: String, $remember: Boolean!) {{
   decideApproval(id: $id, input: {{allow: $allow, reason: $reason, remember: $remember}}) {{ {FIELDS} }} }}"""
@@ -46,13 +51,13 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 
 async def cmd_approvals(ctx: Context, args: argparse.Namespace) -> int:
-    project = await find_project(ctx.api, args.project) if args.project else None
-    requests = await _list(ctx.api, project["id"] if project else None, args.status)
+    projects = [await find_project(ctx.api, args.project)] if args.project else await list_projects(ctx.api)
+    project_ids = [project["id"] for project in projects]
+    requests = await _list(ctx.api, project_ids, args.status)
     if not args.watch:
         rows = [_row(ctx.out, request) for request in requests]
         ctx.out.table(["ID", "STATUS", "TOOL", "INPUT", "TASK", "PROJECT", "REQUESTED"], rows, requests)
         return 0
-    projects = [project] if project else await list_projects(ctx.api)
     if len(projects) > MAX_WATCHED:
         raise CliError(
             f"you see {len(projects)} projects; watch one at a time: aicli approvals PROJECT --watch"
@@ -61,7 +66,7 @@ async def cmd_approvals(ctx: Context, args: argparse.Namespace) -> int:
     for request in requests:
         _show(ctx.out, request, seen)
     ctx.out.note("watching for tool calls to approve; Ctrl-C to stop")
-    await _watch(ctx, [p["id"] for p in projects], seen)
+    await _watch(ctx, project_ids, seen)
     return 0
 
 
@@ -87,14 +92,24 @@ async def _decide(ctx: Context, request_id: str, *, allow: bool, reason: str | N
     return 0
 
 
-async def _list(api: Api, project_id: str | None, status: str | None) -> list[dict[str, Any]]:
+async def _list(api: Api, project_ids: list[str], status: str | None) -> list[dict[str, Any]]:
+    """The projects' requests in that status (every status when None), project by project."""
     if status and not re.fullmatch(r"[A-Z_]+", status):
         raise CliError(f"not a status: {status!r} (PENDING, ALLOWED, DENIED, EXPIRED)")
     query = LIST.format(status=f", status: {status}" if status else "", fields=FIELDS)
-    try:
-        return (await api.execute(query, {"p": project_id}))["approvalRequests"]
-    except ApiError as exc:
-        raise _older_server(exc, "approvalRequests") from None
+    requests: list[dict[str, Any]] = []
+    for project_id in project_ids:
+        after = None
+        for _ in range(MAX_PAGES):
+            try:
+                page = (await api.execute(query, {"p": project_id, "after": after}))["approvalRequests"]
+            except ApiError as exc:
+                raise _older_server(exc, "approvalRequests") from None
+            requests += [edge["node"] for edge in page["edges"]]
+            if not page["pageInfo"]["hasNextPage"]:
+                break
+            after = page["pageInfo"]["endCursor"]
+    return requests
 
 
 async def _watch(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]]) -> None:
@@ -112,12 +127,14 @@ async def _watch(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]
                         failures = 0
                         _show(ctx.out, ((message.payload or {}).get("data") or {})["approvalRequests"], seen)
         except (Dropped, Unreachable) as exc:
+            if isinstance(exc, Dropped) and exc.code == REFUSED:
+                continue  # the access token expired: reconnect with a fresh one, nothing missed to list
             failures += 1
-            if failures > 8:
+            if failures > MAX_RECONNECTS:
                 raise CliError(f"lost the connection to the server: {exc}") from exc
-            for project_id in project_ids:
-                for request in await _list(ctx.api, project_id, "PENDING"):
-                    _show(ctx.out, request, seen)
+            await asyncio.sleep(min(0.25 * 2**failures, MAX_BACKOFF))
+            for request in await _list(ctx.api, project_ids, "PENDING"):
+                _show(ctx.out, request, seen)
 
 
 def _show(out: Output, request: dict[str, Any], seen: set[tuple[str, str]]) -> None:
