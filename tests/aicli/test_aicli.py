@@ -185,6 +185,7 @@ def test_approvals_on_a_server_without_them_say_so(server: Server, person: tuple
     fields = server.as_user(email, '{ __type(name: "Query") { fields { name } } }')
     if "approvalRequests" in {field["name"] for field in fields["__type"]["fields"]}:
         return  # the server has tool approvals: tests/aicli/test_approvals.py covers them
+    new_project(cli)
     result = cli("approvals")
     assert result.returncode == 1
     assert "this server has no tool approvals" in result.stderr
