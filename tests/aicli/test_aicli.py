@@ -34,6 +34,11 @@ def test_login_keeps_the_session_private_and_signs_requests(server: Server, tmp_
     assert stat.S_IMODE((directory / "credentials.json").stat().st_mode) == 0o600
     assert cli.credentials["url"] == server.url and cli.credentials["refresh_token"]
     assert cli.ok("whoami") == f"{email}\t{server.url}\n"
+    # and signing in again ends the session it replaces
+    replaced = cli.credentials["refresh_token"]
+    cli.ok("login", "--email", email, "--password-stdin", stdin=PASSWORD + "\n")
+    assert server_refresh(server, replaced)["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert cli.ok("whoami") == f"{email}\t{server.url}\n"
 
 
 def test_run_follow_prints_exactly_the_tasks_lines_and_exits_by_its_status(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from urllib.parse import urlsplit
 
 from aicm.aicli.api import adopt, normalize_url
 from aicm.aicli.commands import Context
-from aicm.aicli.errors import ApiError, CliError, SessionEnded
+from aicm.aicli.errors import ApiError, CliError, SessionEnded, Unreachable
 from aicm.aicli.store import Credentials
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 PAYLOAD = "accessToken refreshToken expiresIn user { email }"
 LOGIN = f"mutation($i: LoginInput!) {{ login(input: $i) {{ {PAYLOAD} }} }}"
 REFRESH = f"mutation($t: String!) {{ refreshToken(refreshToken: $t) {{ {PAYLOAD} }} }}"
@@ -47,6 +49,7 @@ async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
         url = normalize_url(args.url or (saved.url if saved else DEFAULT_URL))
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    _warn_plain_http(ctx, url)
     if args.token_stdin:
         token = sys.stdin.readline().strip()
         if not token:
@@ -58,6 +61,8 @@ async def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
         if not password:
             raise CliError("no password given")
         payload = (await ctx.api.post(LOGIN, {"i": {"email": email, "password": password}}, url=url))["login"]
+    if saved is not None and saved.signed_in:
+        await _end_quietly(ctx)  # the session this login replaces; sessions left behind only pile up
     credentials = adopt(Credentials(url=url), payload)
     ctx.store.save(credentials)
     ctx.out.done(
@@ -73,13 +78,11 @@ async def cmd_logout(ctx: Context, args: argparse.Namespace) -> int:
     if saved is None or not saved.signed_in:
         ctx.out.note("not signed in")
         return 0
-    ended = True
-    try:
-        await ctx.api.execute(LOGOUT)
-    except (SessionEnded, ApiError):
-        ended = False  # already over on the server; forget it all the same
+    ended = await _end_quietly(ctx)
     ctx.store.save(saved.signed_out())
-    message = f"signed out of {saved.url}" + ("" if ended else " (the session had already ended)")
+    message = f"signed out of {saved.url}"
+    if not ended:
+        message += " (the server did not end it: already over, or unreachable)"
     ctx.out.done(message, value=saved.url, item={"url": saved.url, "revoked": ended})
     return 0
 
@@ -98,6 +101,15 @@ async def cmd_whoami(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _end_quietly(ctx: Context) -> bool:
+    """End the saved session on its server; False when it had already ended or the server is away."""
+    try:
+        await ctx.api.execute(LOGOUT)
+    except (SessionEnded, ApiError, Unreachable):
+        return False
+    return True
+
+
 def _ask_email(default: str) -> str:
     if not sys.stdin.isatty():
         raise CliError("--email is required when stdin is not a terminal")
@@ -108,3 +120,9 @@ def _ask_email(default: str) -> str:
     if not email:
         raise CliError("no email given")
     return email
+
+
+def _warn_plain_http(ctx: Context, url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and host not in LOOPBACK:
+        ctx.out.note(f"warning: {url} is plain HTTP: password and tokens travel unencrypted")
