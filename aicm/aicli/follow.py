@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aicm.aicli.api import Api
 from aicm.aicli.errors import ApiError, CliError, Dropped, Unreachable
-from aicm.aicli.socket import Socket
+from aicm.aicli.socket import REFUSED, Socket
 
 LINE = "seq at stream kind text data"
 BATCHES = f"""subscription($t: ID!, $a: Int!) {{
@@ -29,6 +30,7 @@ PAGE_SIZE = 100
 # Reconnect attempts in a row without a new line before giving up (a restart takes a few seconds).
 MAX_RECONNECTS = 8
 MAX_BACKOFF = 8.0
+MIN_CONNECTED = 1.0  # seconds a socket must have lived for its close to count as a token expiry
 
 Line = dict[str, Any]
 
@@ -57,20 +59,21 @@ class LogFollower:
         """Until the task has ended and its last line was handed over."""
         failures = 0
         while True:
-            seen = self.last
+            seen, began = self.last, time.monotonic()
             try:
                 await self._follow()
                 return
             except (Dropped, Unreachable) as exc:
+                if token_expired(exc, time.monotonic() - began):
+                    continue  # routine: reconnect at once with a fresh token, quietly
                 failures = 0 if self.last > seen else failures + 1
                 if failures > MAX_RECONNECTS:
                     raise CliError(
                         f"lost the connection to the server and could not get it back: {exc}"
                     ) from exc
-                if self.on_reconnect is not None and not _token_expiry(exc):
+                if self.on_reconnect is not None:
                     self.on_reconnect(f"{exc}; reconnecting (after seq {self.last})")
-                if not _token_expiry(exc):
-                    await asyncio.sleep(min(0.25 * 2**failures, MAX_BACKOFF))
+                await asyncio.sleep(min(0.25 * 2**failures, MAX_BACKOFF))
 
     async def _follow(self) -> None:
         async with await Socket.open(self.api) as socket:
@@ -142,6 +145,7 @@ def _lines(payload: Any, *, batched: bool) -> list[Line]:
     return [data["taskLogs"]]
 
 
-def _token_expiry(exc: Exception) -> bool:
-    """The server closed the socket because the access token expired: reconnect at once, quietly."""
-    return isinstance(exc, Dropped) and exc.code == 4403
+def token_expired(exc: Exception, connected_for: float) -> bool:
+    """The server closed a socket that had worked for a while because its access token expired (not a
+    refusal: :meth:`Socket.open` already retried that once with a refreshed token)."""
+    return isinstance(exc, Dropped) and exc.code == REFUSED and connected_for > MIN_CONNECTED

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 from rich.text import Text
@@ -14,9 +15,9 @@ from aicm.aicli.api import Api
 from aicm.aicli.commands import Context
 from aicm.aicli.commands.projects import find_project, list_projects
 from aicm.aicli.errors import ApiError, CliError, Dropped, Unreachable
-from aicm.aicli.follow import MAX_BACKOFF, MAX_RECONNECTS
+from aicm.aicli.follow import MAX_BACKOFF, MAX_RECONNECTS, token_expired
 from aicm.aicli.render import Output, short_time, status_text
-from aicm.aicli.socket import REFUSED, Socket
+from aicm.aicli.socket import Socket
 
 FIELDS = """id toolName input status requestedAt decidedAt reason decidedBy { email }
   task { id prompt project { id name } }"""
@@ -116,6 +117,7 @@ async def _watch(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]
     """Until interrupted; after a dropped connection, lists what came meanwhile, then watches again."""
     failures = 0
     while True:
+        began = time.monotonic()
         try:
             async with await Socket.open(ctx.api) as socket:
                 for index, project_id in enumerate(project_ids):
@@ -127,9 +129,8 @@ async def _watch(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]
                         failures = 0
                         _show(ctx.out, ((message.payload or {}).get("data") or {})["approvalRequests"], seen)
         except (Dropped, Unreachable) as exc:
-            if isinstance(exc, Dropped) and exc.code == REFUSED:
-                continue  # the access token expired: reconnect with a fresh one, nothing missed to list
-            failures += 1
+            if not token_expired(exc, time.monotonic() - began):
+                failures += 1  # an expired token is routine; what came meanwhile is listed all the same
             if failures > MAX_RECONNECTS:
                 raise CliError(f"lost the connection to the server: {exc}") from exc
             await asyncio.sleep(min(0.25 * 2**failures, MAX_BACKOFF))
