@@ -203,3 +203,42 @@ def server_refresh(server: Server, token: str) -> dict:
     return httpx.post(
         f"{server.url}/graphql", json={"query": query, "variables": {"t": token}}, timeout=10
     ).json()
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "Up Stream",
+        "GIT_AUTHOR_EMAIL": "up@example.com",
+        "HOME": str(cwd or Path.cwd()),
+    }
+    env |= {
+        "GIT_COMMITTER_NAME": "Up Stream",
+        "GIT_COMMITTER_EMAIL": "up@example.com",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30, check=True
+    )
+    return result.stdout
+
+
+def test_push_and_merge_a_tasks_branch_into_a_remote(person: tuple[Aicli, str], tmp_path: Path) -> None:
+    # given a project cloned from a repository with a main branch
+    cli, _ = person
+    origin, work = tmp_path / "origin.git", tmp_path / "work"
+    git("init", "--quiet", "--bare", "-b", "main", str(origin))
+    git("init", "--quiet", "-b", "main", str(work))
+    (work / "README.md").write_text("# Upstream\n")
+    git("add", "README.md", cwd=work)
+    git("commit", "--quiet", "-m", "Initial import", cwd=work)
+    git("push", "--quiet", str(origin), "HEAD:refs/heads/main", cwd=work)
+    project = cli.ok("project", "create", f"Remote {time.time_ns()}", "--repo", f"file://{origin}").strip()
+    task_id = cli.ok("run", project, "Change something").strip()
+    assert cli("logs", task_id, "--follow").returncode == 0
+    # when / then: push prints the branch, which the remote now has
+    branch = cli.ok("push", task_id).strip()
+    assert branch.startswith("aicm/task-")
+    assert git("branch", "--list", branch, cwd=origin).strip().endswith(branch)
+    # and a squash merge lands the task's file on the remote's main
+    assert cli.ok("merge", task_id, "--strategy", "squash").strip() == branch
+    assert "AICM_DEMO.md" in git("ls-tree", "--name-only", "main", cwd=origin)
