@@ -91,10 +91,6 @@ class CredentialStore:
         os.chmod(temporary, 0o600)  # an existing temporary file keeps its mode through O_CREAT
         os.replace(temporary, self.path)
 
-    def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the exclusive lock that serializes refreshes across processes."""

@@ -37,6 +37,12 @@ _emails = itertools.count(1)
 @dataclass
 class Server:
     url: str
+    log: Path | None = None  # the server's output (tests.servers.serve writes it)
+
+    def websockets_accepted(self) -> int:
+        """How many WebSocket connections the server has accepted so far (its uvicorn log lines)."""
+        assert self.log is not None
+        return self.log.read_text().count('"WebSocket /graphql\\" [accepted]')
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None, token: str | None = None) -> dict:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -96,7 +102,7 @@ def start_server(tmp: Path, backend: str, **runner: Any) -> Iterator[Server]:
     }
     (tmp / "server.yaml").write_text(yaml.safe_dump(config))
     with serve(tmp, env, "--config", str(tmp / "server.yaml")) as base:
-        yield Server(base)
+        yield Server(base, tmp / f"server-{base.rsplit(':', 1)[1]}.log")
 
 
 @pytest.fixture(scope="package", params=[EMBEDDED, SERVICES])

@@ -66,18 +66,18 @@ def test_logs_follow_resumes_across_the_servers_websocket_close_without_gap_or_d
     cli, _ = person
     project = new_project(cli)
     task_id = cli.ok("run", project, f"Wait a while sleep:{ACCESS_TOKEN_SECONDS * 2 + 1} lines:20").strip()
-    refresh_before = cli.credentials["refresh_token"]
+    sockets_before = server.websockets_accepted()
     began = time.monotonic()
     # when
     result = cli("logs", task_id, "--follow", "--json")
-    # then every line came once, in order, and the follower reconnected with a refreshed token
+    # then every line came once, in order, and the follower reconnected with a fresh token
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - began > ACCESS_TOKEN_SECONDS
     *lines, end = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
     assert lines[-1]["kind"] == "result"
     assert end["task"]["status"] == "SUCCEEDED"
-    assert cli.credentials["refresh_token"] != refresh_before
+    assert server.websockets_accepted() - sockets_before >= 2  # closed by the server, opened again
     assert "reconnecting" not in result.stderr  # a token expiry is routine: reconnect quietly
     # and --after resumes where a script stopped
     after = cli.ok("logs", task_id, "--after", "5", "--json")
