@@ -233,8 +233,11 @@ def test_push_and_merge_a_tasks_branch_into_a_remote(person: tuple[Aicli, str], 
     git("commit", "--quiet", "-m", "Initial import", cwd=work)
     git("push", "--quiet", str(origin), "HEAD:refs/heads/main", cwd=work)
     project = cli.ok("project", "create", f"Remote {time.time_ns()}", "--repo", f"file://{origin}").strip()
-    task_id = cli.ok("run", project, "Change something").strip()
+    task_id = cli.ok("run", project, "Change something", "--base", "main").strip()
     assert cli("logs", task_id, "--follow").returncode == 0
+    # a base the repository lacks is refused, naming the field
+    bad = cli("run", project, "Elsewhere", "--base", "no-such-branch")
+    assert bad.returncode == 1 and "field baseRef" in bad.stderr
     # when / then: push prints the branch, which the remote now has
     branch = cli.ok("push", task_id).strip()
     assert branch.startswith("aicm/task-")
