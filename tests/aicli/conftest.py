@@ -78,7 +78,9 @@ class Server:
 
 # Servers with tool approvals (CONTRACT §10) pass Claude Code's flags to the agent unless runner.agent_cli is
 # generic; then the demo agent asks before its edit. Only the approvals tests want that.
-HAS_APPROVALS = "agent_cli" in {field.name for field in dataclasses.fields(RunnerConfig)}
+_RUNNER_KEYS = {field.name for field in dataclasses.fields(RunnerConfig)}
+HAS_APPROVALS = "approval_timeout" in _RUNNER_KEYS
+PLAIN_AGENT = {"agent_cli": "generic"} if "agent_cli" in _RUNNER_KEYS else {}
 
 
 @contextlib.contextmanager
@@ -108,7 +110,7 @@ def start_server(tmp: Path, backend: str, **runner: Any) -> Iterator[Server]:
 @pytest.fixture(scope="package", params=[EMBEDDED, SERVICES])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp(f"aicli-{request.param}")
-    with start_server(tmp, request.param, **({"agent_cli": "generic"} if HAS_APPROVALS else {})) as running:
+    with start_server(tmp, request.param, **PLAIN_AGENT) as running:
         yield running
 
 
