@@ -59,6 +59,8 @@ def test_a_waiting_run_is_approved_from_a_second_terminal(approving_server: Serv
         request = json.loads(watched.get(timeout=60))
         assert (request["status"], request["toolName"]) == ("PENDING", "Edit")
         run.expect("waiting for approval")
+        run.expect("approval needed: Edit {")
+        run.expect(f"decide with aicli approve {request['id']}")
         [row] = cli.ok("approvals", project).splitlines()
         assert row.split("\t")[:3] == [request["id"], "PENDING", "Edit"]
         # and the second terminal approves
