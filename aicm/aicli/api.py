@@ -99,22 +99,25 @@ class Api:
             return _data(response)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def access_token(self) -> str:
+    async def access_token(self, *, for_socket: bool = False) -> str:
+        """A current access token; for a WebSocket, one that lasts a while (the server closes the socket at
+        its expiry)."""
         credentials = self.credentials
         if credentials is None or not credentials.signed_in:
             raise NotSignedIn()
-        if credentials.access_is_fresh():
+        if credentials.access_is_fresh(lasting=credentials.socket_lasting() if for_socket else None):
             return credentials.access_token
-        return await self.refresh(stale=credentials.access_token)
+        return await self.refresh(stale=credentials.access_token, for_socket=for_socket)
 
-    async def refresh(self, *, stale: str) -> str:
+    async def refresh(self, *, stale: str, for_socket: bool = False) -> str:
         """A new access token (and refresh token, saved), unless another process or task just got one."""
         async with self._refreshing:
             with self.store.locked():
                 saved = self.store.load()
                 if saved is None or not saved.signed_in:
                     raise NotSignedIn()
-                if saved.access_token != stale and saved.access_is_fresh():
+                lasting = saved.socket_lasting() if for_socket else None
+                if saved.access_token != stale and saved.access_is_fresh(lasting=lasting):
                     self.credentials = saved
                     return saved.access_token
                 try:

@@ -43,13 +43,13 @@ class Socket:
     @classmethod
     async def open(cls, api: Api) -> Socket:
         """Connect and sign in; one refresh and retry if the server refuses the token."""
-        token = await api.access_token()
+        token = await api.access_token(for_socket=True)
         try:
             return await cls._open(api.url, token)
         except Dropped as exc:
             if exc.code != REFUSED:
                 raise
-        return await cls._open(api.url, await api.refresh(stale=token))
+        return await cls._open(api.url, await api.refresh(stale=token, for_socket=True))
 
     @classmethod
     async def _open(cls, base: str, token: str) -> Socket:

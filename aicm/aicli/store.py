@@ -19,6 +19,7 @@ from pathlib import Path
 FILE_NAME = "credentials.json"
 # Refresh this long before the access token expires (at most a fifth of its lifetime, for short ones).
 REFRESH_MARGIN = 30.0
+SOCKET_MARGIN = 120.0
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,15 @@ class Credentials:
     def signed_in(self) -> bool:
         return bool(self.refresh_token)
 
-    def access_is_fresh(self, now: float | None = None) -> bool:
-        """The access token is usable for a while yet."""
-        margin = min(REFRESH_MARGIN, self.lifetime / 5)
-        return bool(self.access_token) and self.expires_at - margin > (now or time.time())
+    def access_is_fresh(self, *, lasting: float | None = None) -> bool:
+        """The access token is usable for a while yet (``lasting`` seconds, when given)."""
+        margin = min(REFRESH_MARGIN, self.lifetime / 5) if lasting is None else lasting
+        return bool(self.access_token) and self.expires_at - margin > time.time()
+
+    def socket_lasting(self) -> float:
+        """How long a token must still last to open a WebSocket with it: the server closes the socket when
+        the token expires, so one about to expire would only make the follower reconnect at once."""
+        return min(SOCKET_MARGIN, self.lifetime / 2)
 
     def with_tokens(
         self, *, access: str, refresh: str, expires_in: float, email: str | None = None
