@@ -78,6 +78,12 @@ def _line(payload: dict[str, Any]) -> TaskLogLine:
     )
 
 
+@strawberry.type(description="Log lines of one task, several per message (CONTRACT §11).")
+class TaskLogBatch:
+    lines: list[TaskLogLine]
+    last_seq: int = strawberry.field(description="The batch's last seq: resume with afterSeq = lastSeq.")
+
+
 @strawberry.type
 class Subscription:
     @strawberry.subscription(permission_classes=[IsAuthenticated])
@@ -106,6 +112,20 @@ class Subscription:
         task_pk = decode_id(task_id, "Task", field="taskId")
         async for payload in _open(info, subscriptions_resolvers.task_logs, task_pk, after_seq):
             yield _line(payload)
+
+    @strawberry.subscription(
+        permission_classes=[IsAuthenticated],
+        description=(
+            "The lines of taskLogs, in order and several per message: the lines stored together, or up to "
+            "500 replayed ones; completes after the task's last line."
+        ),
+    )
+    async def task_log_batches(
+        self, info: Info, task_id: strawberry.ID, after_seq: int = 0
+    ) -> AsyncGenerator[TaskLogBatch, None]:
+        task_pk = decode_id(task_id, "Task", field="taskId")
+        async for batch in _open(info, subscriptions_resolvers.task_log_batches, task_pk, after_seq):
+            yield TaskLogBatch(lines=[_line(payload) for payload in batch], last_seq=batch[-1]["seq"])
 
 
 async def _open(
