@@ -35,6 +35,7 @@ class ServerConfig:
     max_header_bytes: int = 1_048_576
     workers: int = 1
     trusted_proxies: list[str] = field(default_factory=list)  # IPs/CIDRs whose X-Forwarded-For is believed
+    ws_compression: bool = True  # permessage-deflate on WebSockets: less bandwidth, much more CPU per frame
 
 
 @dataclass

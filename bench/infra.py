@@ -104,6 +104,8 @@ def write_config(
     }
     if backend.redis_url:
         config["redis"] = {"url": backend.redis_url}
+    if os.environ.get("BENCH_WS_COMPRESSION") == "off":  # A/B: WebSockets without permessage-deflate
+        config["server"] = {"ws_compression": False}
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -499,7 +499,7 @@ def _logs(data: dict[str, Any]) -> list[str]:
         if problem:
             rows.append([LABELS.get(name, name), problem, *["–"] * 6])
             continue
-        for key in ("without_subscribers", "with_subscribers"):
+        for key in ("without_subscribers", "with_subscribers", "batched_only"):
             r = value.get(key)
             if not r:
                 continue

@@ -219,7 +219,18 @@ class Run:
                     subscribers=a.log_subscribers,
                     batch_subscribers=a.log_subscribers // 2,
                 )
-                return {"without_subscribers": stored_only, "with_subscribers": watched}
+                batched = await logstream.log_streaming(
+                    server,
+                    seeded,
+                    lines=a.log_lines,
+                    subscribers=a.log_subscribers // 2,
+                    batch_subscribers=a.log_subscribers // 2,
+                )
+                return {
+                    "without_subscribers": stored_only,
+                    "with_subscribers": watched,
+                    "batched_only": batched,
+                }
 
             await self.guarded("logs", backend.name, both())
 

@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=int(settings.server.idle_timeout),
         log_config=log_config(),
         access_log=False,
+        ws_per_message_deflate=settings.server.ws_compression,
     )
     return 0
 

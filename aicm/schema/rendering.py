@@ -28,7 +28,8 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 __all__ = ["RenderedData", "Rendering", "SharedRenderingContext", "cache"]
 
 CACHE_SIZE = 4096  # recent (operation, event) renderings kept; a few events' worth at thousands of operations
-CACHE_BYTES = 2 * 1024 * 1024  # and at most about this much of their JSON (their sources weigh about as much)
+CACHE_BYTES = 8 * 1024 * 1024  # and at most this much of their JSON and of the sources they keep alive
+LARGEST = 64 * 1024  # a rendering weighing more is not kept (each subscriber executes it on its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +59,13 @@ class _Entry:
 
 class RenderCache:
     """An LRU of shared renderings, bounded in entries and in bytes (their JSON and the sources they keep
-    alive). One over 1/64 of the bytes is not kept (each subscriber executes it on its own): huge log lines
-    would only churn the cache."""
+    alive). One over ``largest`` is not kept (each subscriber executes it on its own): huge log lines would
+    only churn the cache."""
 
-    def __init__(self, size: int = CACHE_SIZE, max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(self, size: int = CACHE_SIZE, max_bytes: int = CACHE_BYTES, largest: int = LARGEST) -> None:
         self.size = size
         self.max_bytes = max_bytes
+        self.largest = largest
         self.bytes = 0
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self.hits = 0
@@ -90,7 +92,7 @@ class RenderCache:
         self.discard(key)
         if isinstance(data, RenderedData):
             weight += len(data.encoded)
-            if weight > self.max_bytes // 64:
+            if weight > self.largest:
                 return
         self._entries[key] = _Entry(anchors, data, weight)
         self.bytes += weight

@@ -92,9 +92,14 @@ def _line(payload: dict[str, Any]) -> TaskLogLine:
 
 @strawberry.type(description="Log lines of one task, several per message (CONTRACT §11).")
 class TaskLogBatch:
-    lines: list[TaskLogLine]
     last_seq: int = strawberry.field(description="The batch's last seq: resume with afterSeq = lastSeq.")
+    payloads: strawberry.Private[list[dict[str, Any]]]
     rendering: strawberry.Private[Rendering | None] = None
+
+    @strawberry.field
+    def lines(self) -> list[TaskLogLine]:
+        """Built only when executed: a batch whose rendering is shared never builds its lines again."""
+        return [_line(payload) for payload in self.payloads]
 
 
 @strawberry.type
@@ -139,8 +144,8 @@ class Subscription:
         task_pk = decode_id(task_id, "Task", field="taskId")
         async for batch in _open(info, subscriptions_resolvers.task_log_batches, task_pk, after_seq):
             yield TaskLogBatch(
-                lines=[_line(payload) for payload in batch],
                 last_seq=batch[-1]["seq"],
+                payloads=batch,
                 # a contiguous run of lines: its ends and its length tell it
                 rendering=Rendering((batch[0], batch[-1]), shape=len(batch), weight=sum(map(_weight, batch))),
             )
