@@ -27,6 +27,7 @@ FLUSH_INTERVAL = 0.05
 MAX_BATCH = 100
 MAX_BATCH_BYTES = 256 * 1024
 MAX_UNPUBLISHED = 16 * 1024 * 1024
+CLOSE_WAIT = 10.0  # seconds close() waits for the last batches to be published
 
 log = logging.getLogger("aicm.runner")
 
@@ -103,7 +104,7 @@ class LogWriter:
             self.unpublished += len(dropped["lines"])
             log.warning(
                 "log lines stored but not published: the broker is too slow",
-                extra={"event": "task_logs_unpublished", "task_id": self.task_id},
+                extra={"event": "task_logs_unpublished", "task_id": self.task_id, "lines": self.unpublished},
             )
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.create_task(self._publish(), name=f"aicm-logs-{self.task_id}")
@@ -116,9 +117,22 @@ class LogWriter:
             await publish(channels.task_logs(self.task_id), payload)  # logs failures, never raises
 
     async def close(self) -> None:
-        """Write what is pending and publish what is stored; safe to call more than once."""
+        """Write what is pending and publish what is stored (for at most ``CLOSE_WAIT`` seconds: subscribers
+        read what was not published from storage); safe to call more than once."""
         if self._timer is not None:
             await self._timer  # at most one interval; cancelling it could interrupt a write
         await self.flush()
-        if self._publisher is not None:
-            await self._publisher
+        task = self._publisher
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=CLOSE_WAIT)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.unpublished += sum(len(payload["lines"]) for payload, _ in self._outbox)
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            log.warning(
+                "log lines stored but not published: the broker did not take them in time",
+                extra={"event": "task_logs_unpublished", "task_id": self.task_id, "lines": self.unpublished},
+            )
