@@ -35,6 +35,7 @@ class ServerConfig:
     max_header_bytes: int = 1_048_576
     workers: int = 1
     trusted_proxies: list[str] = field(default_factory=list)  # IPs/CIDRs whose X-Forwarded-For is believed
+    ws_compression: bool = True  # permessage-deflate on WebSockets: less bandwidth, much more CPU per frame
 
 
 @dataclass
@@ -281,6 +282,7 @@ class GraphQLConfig:
     legacy_ws_protocol: bool = False
     max_body_bytes: int = 1_048_576
     max_subscriptions_per_connection: int = 20
+    subscription_backlog_bytes: int = 4_194_304  # events waiting for one subscriber, in encoded bytes
     max_cost: int = 10_000  # static cost: each field 1, a list field's selections times its `first`
     suggestions: bool | None = None  # "Did you mean ...?" in errors; None: on, except in production
     persisted_queries: str = "apq"  # off | apq (automatic persisted queries) | safelist (only the manifest's)
@@ -604,6 +606,7 @@ def _check_graphql(s: Settings, problems: _Problems) -> None:
         "max_tokens",
         "max_body_bytes",
         "max_subscriptions_per_connection",
+        "subscription_backlog_bytes",
         "max_cost",
         "persisted_queries_cache_size",
     ):

@@ -186,6 +186,9 @@ SUBSCRIPTIONS = [
         "taskUpdates.logs.text", outcome(TASK_READERS, HIDDEN)),
     Row("taskLogs", "subscription($task: ID!) { taskLogs(taskId: $task) { text } }", "taskLogs.text",
         outcome(TASK_READERS, HIDDEN)),
+    Row("taskLogBatches",
+        "subscription($task: ID!) { taskLogBatches(taskId: $task) { lines { text } } }",
+        "taskLogBatches.lines.text", outcome(TASK_READERS, HIDDEN)),
 ]  # fmt: skip
 
 

@@ -200,6 +200,10 @@ SUBSCRIPTIONS = {
         "subscription($id: ID!) { taskLogs(taskId: $id, afterSeq: 0) { seq } }",
         "Task",
     ),
+    "Subscription.taskLogBatches": (
+        "subscription($id: ID!) { taskLogBatches(taskId: $id, afterSeq: 0) { lastSeq } }",
+        "Task",
+    ),
 }
 
 
