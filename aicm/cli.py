@@ -168,6 +168,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         "access_log": False,  # our access log has the contract's fields and no query strings
         # uvicorn would buffer WebSocket messages up to 16 MiB before the app's own check (1009) sees them
         "ws_max_size": settings.graphql.max_body_bytes,
+        "ws_per_message_deflate": settings.server.ws_compression,
     }
     if workers > 1:
         # Worker processes load the same settings: point them at the same file.

@@ -35,6 +35,7 @@ class ServerConfig:
     max_header_bytes: int = 1_048_576
     workers: int = 1
     trusted_proxies: list[str] = field(default_factory=list)  # IPs/CIDRs whose X-Forwarded-For is believed
+    ws_compression: bool = True  # permessage-deflate on WebSockets: less bandwidth, much more CPU per frame
 
 
 @dataclass
@@ -261,6 +262,14 @@ class RunnerConfig:
     network: bool = True  # false: the agent runs with no network at all (needs the sandbox)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     agent_cli: str = "claude"  # claude: the runner adds Claude CLI flags (--max-budget-usd...); generic: none
+    approval_timeout: float = 600.0  # an undecided tool approval is EXPIRED (and denied) after this
+
+
+@dataclass
+class WebhooksConfig:
+    allow_private: bool = False  # production: URLs on loopback/private addresses are refused unless true
+    timeout: float = 10.0  # one delivery attempt
+    max_attempts: int = 5  # then the delivery is given up (each attempt is in Webhook.deliveries)
 
 
 @dataclass
@@ -273,6 +282,7 @@ class GraphQLConfig:
     legacy_ws_protocol: bool = False
     max_body_bytes: int = 1_048_576
     max_subscriptions_per_connection: int = 20
+    subscription_backlog_bytes: int = 4_194_304  # events waiting for one subscriber, in encoded bytes
     max_cost: int = 10_000  # static cost: each field 1, a list field's selections times its `first`
     suggestions: bool | None = None  # "Did you mean ...?" in errors; None: on, except in production
     persisted_queries: str = "apq"  # off | apq (automatic persisted queries) | safelist (only the manifest's)
@@ -301,6 +311,7 @@ class Settings:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     graphql: GraphQLConfig = field(default_factory=GraphQLConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     config_path: Path | None = None  # the file it was loaded from, if any
 
     @property
@@ -351,7 +362,9 @@ DURATION_FIELDS = frozenset(
         "runner.shutdown_grace",
         "runner.worktree_retention",
         "runner.git_timeout",
+        "runner.approval_timeout",
         "runner.limits.cpu_time",
+        "webhooks.timeout",
     }
 )
 
@@ -582,6 +595,9 @@ def _check_auth_and_runner(s: Settings, problems: _Problems) -> None:
         problems.append("runner.embedded: false needs Redis (the job queue that feeds aicli-api worker)")
     problems.one_of("runner.sandbox", s.runner.sandbox, ("auto", "bubblewrap", "none"))
     problems.one_of("runner.agent_cli", s.runner.agent_cli, ("claude", "generic"))
+    problems.positive("runner.approval_timeout", s.runner.approval_timeout)
+    problems.positive("webhooks.timeout", s.webhooks.timeout)
+    problems.at_least("webhooks.max_attempts", s.webhooks.max_attempts, 1)
     if not s.runner.network and s.runner.sandbox == "none":
         problems.append("runner.network: false needs the sandbox (runner.sandbox is none)")
     for name, value in vars(s.runner.limits).items():
@@ -596,6 +612,7 @@ def _check_graphql(s: Settings, problems: _Problems) -> None:
         "max_tokens",
         "max_body_bytes",
         "max_subscriptions_per_connection",
+        "subscription_backlog_bytes",
         "max_cost",
         "persisted_queries_cache_size",
     ):

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PASSWORD = "bench-password-Correct-Horse-42"
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-0123456789abcdef"
+ENCRYPTION_KEY = "bench-encryption-key-of-32-characters-or-more"  # production requires one
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -93,7 +94,7 @@ def write_config(
         "jwt": {"secret": JWT_SECRET},
         "logging": {"level": "info", "format": "json", "output": "stdout"},
         # One client IP sends everything here: the per-client limiter would measure itself.
-        "security": {"rate_limit": {"enabled": False}},
+        "security": {"rate_limit": {"enabled": False}, "encryption_key": ENCRYPTION_KEY},
         "runner": {
             "command": DEMO_AGENT,
             "workspace_root": str(workdir / "workspaces"),
@@ -103,6 +104,8 @@ def write_config(
     }
     if backend.redis_url:
         config["redis"] = {"url": backend.redis_url}
+    if os.environ.get("BENCH_WS_COMPRESSION") == "off":  # A/B: WebSockets without permessage-deflate
+        config["server"] = {"ws_compression": False}
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

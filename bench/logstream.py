@@ -1,5 +1,6 @@
 """Scenario 5: a task printing ``lines`` lines as fast as it can (the demo agent, AICM_DEMO_DELAY=0),
-watched by ``subscribers`` taskLogs subscriptions that were open before it started.
+watched by ``subscribers`` subscriptions that were open before it started: ``batch_subscribers`` of them on
+``taskLogBatches`` (several lines per message), the rest on ``taskLogs`` (one message per line).
 
 To have the subscribers in place before the first line, the server runs one task at a time
 (``runner.max_concurrent: 1``): a blocker task (``sleep:60``) holds the slot, the measured task is created
@@ -7,7 +8,8 @@ behind it, the subscribers subscribe, then the blocker is cancelled and the meas
 
 - stored lines/s: the task's ``last_seq`` (committed with each batch), polled every 20 ms, from the first
   poll that saw a line to the poll that saw the last one;
-- delivered lines/s per subscriber: lines received / (last receive time - first receive time);
+- delivered lines/s per subscriber: lines received / (last receive time - first receive time), reported
+  separately for each kind of subscription; "exactly once" = the seqs received are 1..lines stored;
 - end-to-end latency: receive time - the line's ``at`` (stamped by the server when it read the line from the
   agent's stdout; the same clock as the client's).
 """
@@ -27,6 +29,7 @@ from bench.stats import percentile
 CREATE = "mutation($p: ID!, $prompt: String!) { createTask(input: {projectId: $p, prompt: $prompt}) { id } }"
 CANCEL = "mutation($id: ID!) { cancelTask(id: $id) { id status } }"
 LOGS = "subscription($t: ID!) { taskLogs(taskId: $t) { seq at kind text } }"
+BATCHES = "subscription($t: ID!) { taskLogBatches(taskId: $t) { lastSeq lines { seq at kind text } } }"
 
 
 def _task_pk(task_id: str) -> int:
@@ -46,7 +49,13 @@ async def _wait_status(server: Server, pk: int, statuses: set[str], timeout: flo
 
 
 async def log_streaming(
-    server: Server, seeded: Seeded, *, lines: int, subscribers: int, timeout: float = 180.0
+    server: Server,
+    seeded: Seeded,
+    *,
+    lines: int,
+    subscribers: int,
+    batch_subscribers: int = 0,
+    timeout: float = 180.0,
 ) -> dict[str, Any]:
     project = seeded.projects[2]
     blocker = (await server.graphql(CREATE, {"p": project, "prompt": "sleep:60"}, seeded.owner))[
@@ -60,9 +69,9 @@ async def log_streaming(
     pk = _task_pk(task)
     base = (await server.get("/bench/stats"))["subscribers"]
     conns = []
-    for _ in range(subscribers):
+    for n in range(subscribers):
         conn = await WSConnection.open(HOST, server.port, seeded.viewer)
-        conn.subscribe("1", LOGS, {"t": task})
+        conn.subscribe("1", BATCHES if n < batch_subscribers else LOGS, {"t": task})
         conns.append(conn)
     await server.wait_subscribers(base + subscribers, 20)
     await server.graphql(CANCEL, {"id": blocker}, seeded.owner)
@@ -95,29 +104,47 @@ async def log_streaming(
             message = json.loads(payload)
             if message.get("type") != "next":
                 continue
-            line = message["payload"]["data"]["taskLogs"]
-            seqs.append(line["seq"])
-            times.append(received_at)
-            latencies.append(received_at - datetime.fromisoformat(line["at"]).timestamp())
+            data = message["payload"]["data"]
+            got = data["taskLogBatches"]["lines"] if "taskLogBatches" in data else [data["taskLogs"]]
+            for line in got:
+                seqs.append(line["seq"])
+                times.append(received_at)
+                latencies.append(received_at - datetime.fromisoformat(line["at"]).timestamp())
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
         per_subscriber.append(
             {
+                "kind": "taskLogBatches" if len(per_subscriber) < batch_subscribers else "taskLogs",
                 "lines": len(seqs),
                 "in_order_without_gaps": seqs == list(range(1, len(seqs) + 1)),
+                "exactly_once": seqs == list(range(1, total + 1)),
                 "lines_per_second": round(rate, 1) if rate else None,
                 "completed": _completed(conn),
             }
         )
-    rates = [s["lines_per_second"] for s in per_subscriber if s["lines_per_second"]]
+
+    def rates(kind: str | None = None) -> list[float]:
+        return [
+            s["lines_per_second"]
+            for s in per_subscriber
+            if s["lines_per_second"] and kind in (None, s["kind"])
+        ]
+
+    every = rates()
     return {
         "lines_requested": lines,
         "subscribers": subscribers,
+        "batch_subscribers": batch_subscribers,
         "task_status": state.get("status"),
         "lines_stored": total,
         "stored_lines_per_second": round(stored_rate, 1) if stored_rate else None,
-        "delivered_lines_per_second_min": round(min(rates), 1) if rates else None,
-        "delivered_lines_per_second_median": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
-        "delivered_messages_per_second_total": round(sum(rates), 1) if rates else None,
+        "delivered_lines_per_second_min": round(min(every), 1) if every else None,
+        "delivered_lines_per_second_median": round(sorted(every)[len(every) // 2], 1) if every else None,
+        "batches_lines_per_second_min": round(min(rates("taskLogBatches")), 1)
+        if rates("taskLogBatches")
+        else None,
+        "per_line_lines_per_second_min": round(min(rates("taskLogs")), 1) if rates("taskLogs") else None,
+        "every_line_exactly_once": all(s["exactly_once"] for s in per_subscriber) if per_subscriber else None,
+        "delivered_messages_per_second_total": round(sum(every), 1) if every else None,
         "end_to_end_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "end_to_end_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "end_to_end_max_ms": round(max(latencies) * 1000, 1) if latencies else None,

@@ -1,7 +1,7 @@
 """Profile one workload on a bench server: where the CPU goes (py-spy), where the memory of a subscription
 goes (tracemalloc), how much the cyclic GC costs. The findings in bench/findings.md come from this.
 
-    python bench/profile.py cpu me|projects|bare-me|bare-projects|subscribe|fanout|logs [--backend services]
+    python bench/profile.py cpu me|projects|bare-me|bare-projects|subscribe|fanout|logs|logs-batched [--backend services]
     python bench/profile.py memory            # tracemalloc diff over 1,000 idle subscriptions
     python bench/profile.py gc                # GC time per workload (gc.callbacks in the server)
 
@@ -103,8 +103,15 @@ async def workload(name: str, server: infra.Server, seeded: infra.Seeded) -> dic
         await server.wait_subscribers(1001, 60)
         fleet.close()
         return {"opened": 1000, "seconds": round(time.monotonic() - started, 2)}
-    if name == "logs":
-        result = await logstream.log_streaming(server, seeded, lines=5000, subscribers=10)
+    if name in ("logs", "logs-batched"):  # 10 subscribers, 5 of them batched; or 5, all batched
+        subscribers = 10 if name == "logs" else 5
+        result = await logstream.log_streaming(
+            server,
+            seeded,
+            lines=5000 if name == "logs" else 20000,
+            subscribers=subscribers,
+            batch_subscribers=5,
+        )
         result.pop("per_subscriber")
         return result
     raise SystemExit(f"unknown workload {name}")

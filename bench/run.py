@@ -213,9 +213,24 @@ class Run:
             async def both() -> dict[str, Any]:
                 stored_only = await logstream.log_streaming(server, seeded, lines=a.log_lines, subscribers=0)
                 watched = await logstream.log_streaming(
-                    server, seeded, lines=a.log_lines, subscribers=a.log_subscribers
+                    server,
+                    seeded,
+                    lines=a.log_lines,
+                    subscribers=a.log_subscribers,
+                    batch_subscribers=a.log_subscribers // 2,
                 )
-                return {"without_subscribers": stored_only, "with_subscribers": watched}
+                batched = await logstream.log_streaming(
+                    server,
+                    seeded,
+                    lines=a.log_lines,
+                    subscribers=a.log_subscribers // 2,
+                    batch_subscribers=a.log_subscribers // 2,
+                )
+                return {
+                    "without_subscribers": stored_only,
+                    "with_subscribers": watched,
+                    "batched_only": batched,
+                }
 
             await self.guarded("logs", backend.name, both())
 

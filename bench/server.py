@@ -128,7 +128,7 @@ async def seed(request: Request) -> JSONResponse:
                 name=f"Bench project {n}",
                 slug=f"bench-project-{n}",
                 description=f"Seeded project number {n} for the benchmarks",
-                repository_url=f"https://git.example.com/bench/project-{n}.git",
+                repository_url="",  # tasks work in a local repository made with one empty commit
                 owner=owner,
             )
             other = await user(f"dev{n}@bench.example.com", f"Developer {n}", MEMBER)
@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=int(settings.server.idle_timeout),
         log_config=log_config(),
         access_log=False,
+        ws_per_message_deflate=settings.server.ws_compression,
     )
     return 0
 

@@ -100,8 +100,24 @@ def seed_sql(dialect: str) -> str:
     )
 
 
+def _statements(sql: str) -> str:
+    """The SQL without the empty statements the no-op changes above leave."""
+    return "\n".join(line for line in sql.strip().splitlines() if line.strip() != ";")
+
+
+def _sqlite_without_column_changes() -> None:
+    """SQLite has no column comments and ignores a VARCHAR's length, so the changes aerich refuses there
+    (an enum field's comment listing its values, its max_length) need no SQL at all."""
+    from aerich.ddl.sqlite import SqliteDDL
+
+    SqliteDDL.set_comment = lambda self, model, field_describe: ""  # type: ignore[method-assign]
+    SqliteDDL.modify_column = lambda self, model, field_describe, is_pk=True: ""  # type: ignore[method-assign]
+
+
 async def generate(dialect: str, url: str, name: str, workdir: Path) -> tuple[str, str, str]:
     """Returns (upgrade sql, downgrade sql, models_state) for one dialect."""
+    if dialect == "sqlite":
+        _sqlite_without_column_changes()
     location = workdir / dialect
     shutil.copytree(MIGRATIONS_DIR, location, dirs_exist_ok=True)
     (location / "models").mkdir(parents=True, exist_ok=True)
@@ -124,8 +140,8 @@ async def generate(dialect: str, url: str, name: str, workdir: Path) -> tuple[st
             raise SystemExit("no changes: models match the last migration")
         module = _load(location / "models" / new)
         return (
-            (await module.upgrade(None)).strip(),
-            (await module.downgrade(None)).strip(),
+            _statements(await module.upgrade(None)),
+            _statements(await module.downgrade(None)),
             module.MODELS_STATE,
         )
     finally:

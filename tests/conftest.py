@@ -48,7 +48,12 @@ DEMO_AGENT = [
 
 # Child tables first: cleaning between tests must respect foreign keys.
 TABLES = [
+    "webhook_deliveries",
+    "webhook_jobs",
+    "webhooks",
+    "approval_requests",
     "task_logs",
+    "task_sessions",
     "tasks",
     "oauth_accounts",
     "audit_log",
@@ -80,7 +85,11 @@ def make_settings(tmp: Path, backend: str, **env: str) -> Settings:
     settings.app.data_dir = str(tmp / "data")
     settings.runner.workspace_root = str(tmp / "workspaces")
     settings.runner.command = DEMO_AGENT
-    settings.runner.env = {"AICM_DEMO_DELAY": "0"}
+    # CLAUDE_CONFIG_DIR: where an unsandboxed demo agent keeps its session files (the sandbox sets its own)
+    settings.runner.env = {"AICM_DEMO_DELAY": "0", "CLAUDE_CONFIG_DIR": str(tmp / "claude")}
+    # No Claude Code flags (and so no tool approvals to wait for) unless a test asks for them:
+    # tests/runner/test_approvals.py sets runner.agent_cli to claude.
+    settings.runner.agent_cli = "generic"
     # Agents run in the sandbox when bubblewrap works: the test agents' scripts must be visible inside it.
     settings.runner.sandbox_paths.read_only = [str(AGENT_SCRIPTS)]
     # The suite signs in many times from 127.0.0.1 and opens 1000 subscriptions at once, 50 connections of one

@@ -245,6 +245,11 @@ def test_systemd_units_run_the_right_commands_hardened() -> None:
         for option in ("User=aicli", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
                        "PrivateTmp=yes", "CapabilityBoundingSet=", "SystemCallFilter=@system-service"):  # fmt: skip
             assert f"\n{option}\n" in unit, option
+        # what bubblewrap needs for the agent sandbox (docs/operations.md, "The agent sandbox")
+        for option in ("RestrictNamespaces=user mnt pid ipc uts net cgroup", "SystemCallFilter=@mount",
+                       "ProtectKernelTunables=no", "ProtectKernelLogs=no"):  # fmt: skip
+            assert f"\n{option}\n" in unit, option
+        assert unit.index("SystemCallFilter=~@privileged") < unit.index("SystemCallFilter=@mount")  # re-adds
 
 
 # ------------------------------------------------------------------------------------ compose, docker
@@ -319,6 +324,29 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_healthcheck() -> None:
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
         for path in source.split():
             assert (ROOT / path).exists(), path
+
+
+def test_the_images_can_sandbox_agents_and_the_worker_container_lets_bubblewrap_run() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    base = text.split("FROM ", 3)[2]  # the runtime base every image (app, worker, backup) builds on
+    assert base.startswith("python:") and " AS base" in base.splitlines()[0]
+    installed = set(re.findall(r"apt-get install -y --no-install-recommends ([^\\\n]+)", base)[0].split())
+    assert {"git", "bubblewrap"} <= installed
+    worker = compose()["services"]["worker"]
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= set(
+        worker["security_opt"]
+    )
+    assert "security_opt" not in compose()["services"]["app"]  # the API runs no agent here (embedded: false)
+    config = yaml.safe_load((DEPLOY / "config.docker.yaml").read_text())
+    assert config["runner"]["embedded"] is False
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    assert "### The agent sandbox" in doc
+    for needed in (
+        "systempaths=unconfined",
+        "kernel.apparmor_restrict_unprivileged_userns",
+        "runner.sandbox: auto",
+    ):
+        assert needed in doc, needed
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:

@@ -124,3 +124,8 @@ def test_migrate_fails_loudly_when_it_finds_no_migrations(installed: Path, tmp_p
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no migration files found" in result.stderr
     assert "applied 0" not in result.stdout
+
+
+def test_the_wheel_ships_the_aicli_client(installed: Path, tmp_path: Path) -> None:
+    result = run([str(installed / "aicli"), "--version"], env=installed_env(tmp_path), cwd=tmp_path)
+    assert result.stdout.strip() == "aicli 1.0.0"

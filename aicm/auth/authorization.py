@@ -20,7 +20,7 @@ from tortoise.expressions import Q, Subquery
 from tortoise.queryset import QuerySet
 
 from aicm import models
-from aicm.auth.permissions import ADMIN, Permission
+from aicm.auth.permissions import ADMIN, ALL_PERMISSIONS, MAINTAINER, Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import Forbidden, NotFound
 
@@ -190,6 +190,76 @@ async def require_merge(viewer: Viewer, task: models.Task) -> None:
 async def require_credential_manage(viewer: Viewer, project: models.Project) -> None:
     """Repository and agent credentials of a project are set by maintainer+ (``project:update``)."""
     await require(viewer, Permission.PROJECT_UPDATE, project)
+
+
+# --- tool approvals and webhooks (CONTRACT §10) ------------------------------------------------------------
+
+
+async def visible_approvals(viewer: Viewer) -> QuerySet[models.ApprovalRequest]:
+    """Approval requests of the tasks the viewer may read (filtered in SQL)."""
+    tasks = await visible_tasks(viewer)
+    return models.ApprovalRequest.filter(task_id__in=Subquery(tasks.values("id")))
+
+
+async def get_visible_approval(viewer: Viewer, approval_id: int) -> models.ApprovalRequest:
+    viewer.require_user()
+    request = await (await visible_approvals(viewer)).get_or_none(id=approval_id).prefetch_related("task")
+    if request is None:
+        raise NotFound("Approval request not found")
+    return request
+
+
+async def approver_role(project: models.Project) -> models.Role:
+    """``Project.approverRole``: the role set on the project, else (unset, or since deleted) the built-in
+    maintainer."""
+    role = None
+    if project.approver_role_id is not None:
+        role = await models.Role.get_or_none(id=project.approver_role_id, scope=models.RoleScope.PROJECT)
+    return role or await models.Role.get(name=MAINTAINER, built_in=True)
+
+
+async def may_decide_approvals(viewer: Viewer, project: models.Project) -> bool:
+    """Whether the viewer's role is at least the project's approver role: everything that role may do, the
+    viewer may do in the project (their project role's permissions with their system roles'). The task's
+    creator is no exception either way."""
+    if not viewer.is_authenticated:
+        return False
+    needed = set((await approver_role(project)).permissions or [])
+    held = set(viewer.permissions)
+    role = await project_role(viewer, project.id)
+    if role is not None:
+        held |= set(role.permissions or [])
+    return needed <= held
+
+
+async def require_decide_approval(viewer: Viewer, project: models.Project) -> None:
+    viewer.require_user()
+    if not await may_decide_approvals(viewer, project):
+        role = await approver_role(project)
+        raise deny(viewer, f"approval:decide (role {role.name} or higher)", f"Project:{project.id}")
+
+
+def is_admin(viewer: Viewer) -> bool:
+    """Holds every permission through a system role (the built-in admin, or a role as strong)."""
+    return viewer.is_authenticated and set(ALL_PERMISSIONS) <= set(viewer.permissions)
+
+
+async def require_permission_mode(viewer: Viewer, project: models.Project, mode: str) -> None:
+    """``agentPermissionMode`` is set by maintainer+ (``project:update``); ``BYPASS`` by admins only."""
+    await require(viewer, Permission.PROJECT_UPDATE, project)
+    if mode == models.AgentPermissionMode.BYPASS and not is_admin(viewer):
+        raise deny(viewer, "admin (agentPermissionMode BYPASS)", f"Project:{project.id}")
+
+
+async def require_webhook_manage(viewer: Viewer, project: models.Project) -> None:
+    """Webhooks are managed (and their deliveries read) by maintainer+ (``project:update``)."""
+    await require(viewer, Permission.PROJECT_UPDATE, project)
+
+
+async def manageable_webhooks(viewer: Viewer) -> QuerySet[models.Webhook]:
+    """The webhooks of the projects where the viewer may manage them (filtered in SQL); others see none."""
+    projects = await _granted(viewer, Permission.PROJECT_UPDATE, models.Project, "id")
+    return models.Webhook.filter(project_id__in=Subquery(projects.values("id")))
 
 
 # --- members and owners ------------------------------------------------------------------------------------

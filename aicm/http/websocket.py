@@ -8,6 +8,8 @@ checks.
   bucket like an HTTP request, and passes the same query limits (schema extensions). A user holds at most
   ``security.rate_limit.max_ws_connections_per_user`` connections (4429 beyond); one connection runs at most
   ``graphql.max_subscriptions_per_connection`` operations at once (``RATE_LIMITED`` beyond).
+- A ``next`` whose rendering is shared with other subscribers (``aicm.schema.rendering``) is sent as the
+  payload JSON encoded once, with this operation's id spliced in.
 - The legacy ``graphql-ws`` protocol (off unless configured) gets the same guarantees as
   ``graphql-transport-ws``: ``connection_init`` within the timeout, and 4403 for a refused connection.
 """
@@ -20,6 +22,7 @@ from collections.abc import AsyncGenerator
 from json import JSONDecodeError
 from typing import Any
 
+import orjson
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
@@ -40,6 +43,7 @@ from aicm.errors import RateLimited
 from aicm.http.middleware.rate_limit import subscribe_refusal
 from aicm.metrics import WEBSOCKET_CONNECTIONS
 from aicm.ratelimit import ConnectionSlot, RateLimits
+from aicm.schema.rendering import RenderedData
 
 MESSAGE_TOO_BIG = 1009  # RFC 6455
 
@@ -171,8 +175,19 @@ class TransportWSHandler(_OneSlotPerConnection, BaseGraphQLTransportWSHandler[An
             if result.data is None and result.errors:  # the stream itself failed: that ends the operation
                 await operation.send_initial_errors(result.errors)
                 return
-            await operation.send_next(result)
+            if isinstance(result.data, RenderedData) and not result.errors and not result.extensions:
+                await self._send_shared(operation, result.data)
+            else:
+                await operation.send_next(result)
             first = False
+
+    async def _send_shared(self, operation: Operation[Any, Any], data: RenderedData) -> None:
+        """A rendering shared with other subscribers: its payload was encoded once; only the id is this
+        operation's own. Straight to the socket, without re-encoding."""
+        if operation.completed:
+            return
+        frame = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":{data.encoded}}}'
+        await self.websocket.ws.send_text(frame)  # type: ignore[attr-defined]
 
 
 class LegacyWSHandler(_OneSlotPerConnection, BaseGraphQLWSHandler[Any, Any]):

@@ -13,6 +13,15 @@ class ProjectStatus(StrEnum):
     ARCHIVED = "ARCHIVED"
 
 
+class AgentPermissionMode(StrEnum):
+    """``Project.agentPermissionMode``, passed to the CLI as ``--permission-mode`` (CONTRACT §10)."""
+
+    DEFAULT = "DEFAULT"
+    ACCEPT_EDITS = "ACCEPT_EDITS"
+    PLAN = "PLAN"
+    BYPASS = "BYPASS"
+
+
 class Project(Model):
     id = fields.IntField(primary_key=True)
     name = fields.CharField(max_length=100)
@@ -32,6 +41,12 @@ class Project(Model):
     owner = fields.ForeignKeyField(
         "models.User", related_name="owned_projects", on_delete=fields.RESTRICT, db_index=True
     )
+    agent_permission_mode = fields.CharEnumField(
+        AgentPermissionMode, max_length=16, default=AgentPermissionMode.DEFAULT
+    )
+    # The project role whose permissions a member needs to decide tool approvals; null (or a role since
+    # deleted) = the built-in maintainer. A plain id: aerich cannot add a foreign key to a SQLite table.
+    approver_role_id = fields.IntField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
     updated_at = fields.DatetimeField(auto_now=True)
 

@@ -11,12 +11,15 @@ from tortoise.models import Model
 class TaskStatus(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING_FOR_APPROVAL = "WAITING_FOR_APPROVAL"  # running, and an approval request is pending
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     TIMED_OUT = "TIMED_OUT"
 
 
+# Statuses of a task whose agent process is alive.
+ACTIVE = frozenset({TaskStatus.RUNNING, TaskStatus.WAITING_FOR_APPROVAL})
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
 
 
@@ -29,7 +32,7 @@ class Task(Model):
     # The task this one follows up (a plain id: aerich cannot migrate a self-referencing foreign key).
     parent_id = fields.IntField(null=True)
     prompt = fields.TextField()
-    status = fields.CharEnumField(TaskStatus, max_length=16, default=TaskStatus.PENDING, db_index=True)
+    status = fields.CharEnumField(TaskStatus, max_length=24, default=TaskStatus.PENDING, db_index=True)
     exit_code = fields.IntField(null=True)
     error = fields.TextField(null=True)
     cost_usd = fields.FloatField(null=True)
@@ -39,6 +42,8 @@ class Task(Model):
     worker_id = fields.CharField(max_length=128, null=True)  # the process running it
     lease_expires_at = fields.DatetimeField(null=True)  # a worker renews it while the task runs
     cancel_requested = fields.BooleanField(default=False)
+    # SHA-256 of the run's approval credential (CONTRACT §10): set while it runs, cleared when it ends.
+    approval_token_hash = fields.CharField(max_length=64, null=True)
     # Its git branch (CONTRACT §8): made from base_ref at base_commit; head_commit, commits and changes are
     # stored when a run ends, so reading them runs no git.
     branch = fields.CharField(max_length=255, null=True)

@@ -59,6 +59,12 @@ class Loaders:
         self.role_by_id: DataLoader[int, models.Role | None] = _loader(self._roles)
         self.system_roles_by_user_id: DataLoader[int, list[models.Role]] = _loader(self._system_roles)
         self.overlaps_by_task: DataLoader[int, list[models.Task]] = _loader(self._overlaps)
+        self.approval_by_id: DataLoader[int, models.ApprovalRequest | None] = _loader(self._approvals)
+        self.approvals_by_task: DataLoader[int, list[models.ApprovalRequest]] = _loader(self._task_approvals)
+        self.webhooks_by_project: DataLoader[int, list[models.Webhook]] = _loader(self._webhooks)
+        self.deliveries_by_webhook: DataLoader[tuple[int, int], list[models.WebhookDelivery]] = _loader(
+            self._deliveries
+        )
         self.month_cost_by_project_id: DataLoader[int, float] = _loader(self._month_costs)
 
     def forget_roles_of(self, user_id: int) -> None:
@@ -142,6 +148,32 @@ class Loaders:
                 ]
             )
         return found
+
+    async def _approvals(self, ids: list[int]) -> list[models.ApprovalRequest | None]:
+        visible = await authorization.visible_approvals(self.viewer)
+        return _by_key(ids, await visible.filter(id__in=ids), lambda a: a.id)
+
+    async def _task_approvals(self, task_ids: list[int]) -> list[list[models.ApprovalRequest]]:
+        """A task's approval requests, oldest first."""
+        visible = await authorization.visible_approvals(self.viewer)
+        rows = await visible.filter(task_id__in=task_ids).order_by("id")
+        return _grouped(task_ids, rows, lambda a: a.task_id)  # type: ignore[attr-defined]
+
+    async def _webhooks(self, project_ids: list[int]) -> list[list[models.Webhook]]:
+        visible = await authorization.manageable_webhooks(self.viewer)
+        rows = await visible.filter(project_id__in=project_ids).order_by("id")
+        return _grouped(project_ids, rows, lambda h: h.project_id)  # type: ignore[attr-defined]
+
+    async def _deliveries(self, keys: list[tuple[int, int]]) -> list[list[models.WebhookDelivery]]:
+        """(webhook id, how many) → its newest delivery attempts, newest first."""
+        visible = await authorization.manageable_webhooks(self.viewer)
+        found: dict[tuple[int, int], list[models.WebhookDelivery]] = {}
+        for webhook_id, size in dict.fromkeys(keys):  # a few webhooks per request: one query each
+            rows = models.WebhookDelivery.filter(
+                webhook_id=webhook_id, webhook_id__in=Subquery(visible.values("id"))
+            )
+            found[(webhook_id, size)] = await rows.order_by("-id").limit(size)
+        return [found[key] for key in keys]
 
     async def _month_costs(self, project_ids: list[int]) -> list[float]:
         """This month's summed task costs per project, over the tasks the viewer may read."""

@@ -11,10 +11,11 @@ from tortoise.expressions import Q
 
 from aicm import models
 from aicm.auth import authorization
-from aicm.auth.permissions import OWNER, Permission
+from aicm.auth.permissions import MAINTAINER, OWNER, Permission
 from aicm.auth.viewer import Viewer
 from aicm.errors import BadUserInput, Conflict, NotFound
 from aicm.resolvers import budgets, validation
+from aicm.resolvers.loaders import Loaders
 from aicm.resolvers.pagination import Page, paginate
 from aicm.resolvers.unit_of_work import UnitOfWork, unit_of_work
 from aicm.subscriptions import channels, events
@@ -127,12 +128,22 @@ async def update_project(
     description: str | None,
     repository_url: str | None,
     default_branch: str | None = None,
+    agent_permission_mode: models.AgentPermissionMode | None = None,
+    approver_role_id: int | None = None,
     monthly_budget_usd: float | None = UNCHANGED,
 ) -> models.Project:
     """Change what is given; ``monthly_budget_usd=None`` removes the budget, ``UNCHANGED`` keeps it."""
     project = await get_project(viewer, project_id)
     await authorization.require(viewer, Permission.PROJECT_UPDATE, project)
     changes: dict[str, Any] = {}
+    if agent_permission_mode is not None:
+        await authorization.require_permission_mode(viewer, project, agent_permission_mode)
+        changes["agent_permission_mode"] = models.AgentPermissionMode(agent_permission_mode)
+    if approver_role_id is not None:
+        role = await models.Role.get_or_none(id=approver_role_id, scope=models.RoleScope.PROJECT)
+        if role is None:
+            raise BadUserInput("'approverRoleId' must name a project-scope role", field="approverRoleId")
+        changes["approver_role_id"] = role.id
     if name is not None:
         changes["name"] = validation.text(name, "name", min_len=1, max_len=100)
         if project.status == models.ProjectStatus.ACTIVE:
@@ -159,6 +170,15 @@ async def update_project(
                 events.project_event(ProjectEventType.PROJECT_UPDATED, project, viewer),
             )
     return project
+
+
+async def approver_role(loaders: Loaders, role_id: int | None) -> models.Role:
+    """``Project.approverRole``: its role when set (and still a project role), else built-in maintainer."""
+    role = await loaders.role_by_id.load(role_id) if role_id is not None else None
+    if role is not None and role.scope == models.RoleScope.PROJECT:
+        return role
+    roles = await loaders.viewer.roles()
+    return next(r for r in roles.values() if r.built_in and r.name == MAINTAINER)
 
 
 async def archive_project(viewer: Viewer, project_id: int) -> models.Project:

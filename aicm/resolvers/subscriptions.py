@@ -9,7 +9,8 @@ the stream's (re-checked) viewer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from aicm import models
@@ -24,7 +25,10 @@ from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
 from aicm.subscriptions.subscription import Event, FellBehind, Missed, Subscription
 
-REPLAY_PAGE = 1000
+REPLAY_PAGE = 500  # lines per replayed batch, at most (CONTRACT §11)
+REPLAY_BYTES = 256 * 1024  # about this much per replayed batch (one message), unless one line is larger
+REPLAY_FIRST = 20  # lines of the first read, before their size is known
+REPLAY_READ_BYTES = 1024 * 1024  # about this much per later read
 
 
 class Access:
@@ -134,6 +138,30 @@ async def task_updates(
             await access.after(item)
 
 
+async def approval_requests(
+    viewer: Viewer, broker: Broker, auth: AuthServices, project_id: int
+) -> AsyncIterator[int]:
+    """The id of each approval request of the project when it is asked for and when it is decided."""
+    project = await authorization.get_visible_project(viewer, project_id)
+    await authorization.require(viewer, Permission.TASK_READ, project)
+    access = Access(auth, viewer, project_id, Permission.TASK_READ)
+    await access.settle()
+    async with broker.subscribe(access.channels()) as subscription:
+        async for item in _items(subscription):
+            if (
+                isinstance(item, Event)
+                and item.channel == channels.project(project_id)
+                and item.payload.get("type") in events.APPROVAL_EVENTS
+            ):
+                yield item.payload["approval_id"]
+            await access.after(item)
+
+
+async def approval_now(loaders: Loaders, approval_id: int) -> models.ApprovalRequest | None:
+    """A request a stream reports, as the stream's viewer may see it now (None: no longer visible)."""
+    return await loaders.approval_by_id.load(approval_id)
+
+
 async def task_now(loaders: Loaders, task_id: int) -> models.Task:
     """A task a stream reports, as the stream's viewer may see it now."""
     task = await loaders.task_by_id.load(task_id)
@@ -142,27 +170,47 @@ async def task_now(loaders: Loaders, task_id: int) -> models.Task:
     return task
 
 
-async def _stored(task_id: int, after_seq: int) -> AsyncIterator[dict[str, Any]]:
-    """Stored lines with ``seq > after_seq`` in pages (``Task.logs`` reads through ``Loaders.logs_by_task``,
-    which batches many tasks into one statement)."""
+def _weight(row: models.TaskLog) -> int:
+    """About what a stored line costs in memory and on the wire."""
+    return 2 * len(row.text or "") + 100 if row.data is not None else len(row.text or "") + 100
+
+
+async def _stored(task_id: int, after_seq: int) -> AsyncIterator[list[dict[str, Any]]]:
+    """Stored lines with ``seq > after_seq``, in batches of at most ``REPLAY_PAGE`` lines and, past their
+    first line, about ``REPLAY_BYTES`` (``Task.logs`` reads through ``Loaders.logs_by_task`` instead).
+
+    The first read is small; later ones are sized from the lines read so far (at most ``REPLAY_READ_BYTES``),
+    so a log of huge lines never holds hundreds of them in memory at once.
+    """
+    size = REPLAY_FIRST
     while True:
-        rows = (
-            await models.TaskLog.filter(task_id=task_id, seq__gt=after_seq).order_by("seq").limit(REPLAY_PAGE)
-        )
+        rows = await models.TaskLog.filter(task_id=task_id, seq__gt=after_seq).order_by("seq").limit(size)
+        batch: list[dict[str, Any]] = []
+        budget = REPLAY_BYTES
         for row in rows:
-            yield line_payload(row)
-        if len(rows) < REPLAY_PAGE:
+            budget -= _weight(row)
+            if batch and (budget < 0 or len(batch) == REPLAY_PAGE):
+                yield batch
+                batch, budget = [], REPLAY_BYTES - _weight(row)
+            batch.append(line_payload(row))
+        if batch:
+            yield batch
+        if len(rows) < size:
             return
         after_seq = rows[-1].seq
+        average = sum(_weight(row) for row in rows) // len(rows)
+        size = max(1, min(REPLAY_PAGE, REPLAY_READ_BYTES // average))
 
 
-async def task_logs(
+async def task_log_batches(
     viewer: Viewer, broker: Broker, auth: AuthServices, task_id: int, after_seq: int
-) -> AsyncIterator[dict[str, Any]]:
-    """Stored lines with ``seq > after_seq``, then live ones, with no gap and no duplicate at the seam.
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    """Stored lines with ``seq > after_seq``, then live ones, in batches (replay pages, or the lines stored
+    together), with no gap and no duplicate at the seams; ends after the task's last line.
 
     Subscribing comes first and reading storage second, so a line stored meanwhile is seen at least once;
-    every line whose seq is not past the last one delivered is dropped. Ends after the task's last line.
+    every line whose seq is not past the last one delivered is dropped. A gap in the live lines (events
+    missed after a broker reconnect, or dropped because this subscriber fell behind) is filled from storage.
     """
     if after_seq < 0:
         raise BadUserInput("'afterSeq' must be 0 or more", field="afterSeq")
@@ -170,43 +218,59 @@ async def task_logs(
     access = Access(auth, viewer, task.project_id, Permission.TASK_READ)  # type: ignore[attr-defined]
     await access.settle()
     last = after_seq
+    logs = channels.task_logs(task_id)
 
-    async def catch_up() -> AsyncIterator[dict[str, Any]]:
+    async def catch_up() -> AsyncIterator[list[dict[str, Any]]]:
         nonlocal last
-        async for line in _stored(task_id, last):
-            last = line["seq"]
-            yield line
+        async for page in _stored(task_id, last):
+            last = page[-1]["seq"]
+            yield page
 
     async def finished() -> bool:
         current = await models.Task.get(id=task_id)
         return current.status in models.FINISHED and current.last_seq <= last
 
-    async with broker.subscribe(access.channels(channels.task_logs(task_id))) as subscription:
-        async for line in catch_up():
-            yield line
+    async def live(lines: list[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The contiguous run of new lines in one published batch; storage first when some are missing."""
+        nonlocal last
+        fresh = [line for line in lines if line["seq"] > last]
+        if fresh and fresh[0]["seq"] > last + 1:  # a gap (events were missed): storage has every line
+            async for page in catch_up():
+                yield page
+            fresh = [line for line in fresh if line["seq"] > last]
+        if fresh:
+            last = fresh[-1]["seq"]
+            yield fresh
+
+    async with broker.subscribe(access.channels(logs), catch_up=True) as subscription:
+        async for page in catch_up():
+            yield page
         if await finished():
             return
         async for item in _items(subscription):
-            if isinstance(item, Event) and item.channel == channels.task_logs(task_id):
-                for line in item.payload.get("lines", []):
-                    if line["seq"] <= last:
-                        continue  # already replayed
-                    if line["seq"] > last + 1:  # a gap (events were missed): storage has every line
-                        async for stored in catch_up():
-                            yield stored
-                        continue
-                    last = line["seq"]
-                    yield line
+            if isinstance(item, Event) and item.channel == logs:
+                async for batch in live(item.payload.get("lines", [])):
+                    yield batch
                 if item.payload.get("end"):
-                    async for line in catch_up():
-                        yield line
+                    async for page in catch_up():
+                        yield page
                     return
                 continue
             if isinstance(item, Missed):
                 await access.recheck()
-                async for line in catch_up():
-                    yield line
+                async for page in catch_up():
+                    yield page
                 if await finished():
                     return
                 continue
             await access.after(item)
+
+
+async def task_logs(
+    viewer: Viewer, broker: Broker, auth: AuthServices, task_id: int, after_seq: int
+) -> AsyncIterator[dict[str, Any]]:
+    """``task_log_batches``, one line at a time."""
+    async with contextlib.aclosing(task_log_batches(viewer, broker, auth, task_id, after_seq)) as batches:
+        async for batch in batches:
+            for line in batch:
+                yield line

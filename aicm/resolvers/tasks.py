@@ -140,7 +140,7 @@ async def cancel_task(viewer: Viewer, dispatcher: TaskDispatcher, task_id: int) 
     async with unit_of_work(viewer) as uow:
         updated = (
             await models.Task.filter(
-                Q(id=task.id) & Q(status__in=[models.TaskStatus.PENDING, models.TaskStatus.RUNNING])
+                Q(id=task.id) & Q(status__in=[models.TaskStatus.PENDING, *models.ACTIVE])
             )
             .using_db(uow.connection)
             .update(cancel_requested=True)

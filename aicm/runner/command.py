@@ -10,6 +10,8 @@ Flags for what a task asks of the Claude CLI come from ``AgentFlags`` (with ``ru
 
 >>> build_argv(["claude", "-p", "{prompt}"], "go", options=AgentFlags(max_budget_usd=0.5).argv())
 ['claude', '-p', 'go', '--max-budget-usd', '0.5']
+>>> AgentFlags(permission_mode="acceptEdits").argv()
+['--permission-mode', 'acceptEdits']
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 __all__ = [
+    "APPROVAL_PROMPT_TOOL",
     "ENV_ALLOWED_NAMES",
     "ENV_ALLOWED_PREFIXES",
     "PROMPT_PLACEHOLDER",
@@ -43,16 +46,26 @@ ENV_ALLOWED_PREFIXES = ("LC_",)
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# The tool of this system's MCP server (named "aicm" in the run's --mcp-config) that the CLI asks.
+APPROVAL_PROMPT_TOOL = "mcp__aicm__approval_prompt"
+
 
 @dataclass(frozen=True)
 class AgentFlags:
     """What a run asks of the Claude CLI, as its flags (``argv``); a field left ``None`` adds nothing.
+
+    ``permission_mode`` is the CLI's value (``default``, ``acceptEdits``, ``plan``, ``bypassPermissions``);
+    ``mcp_config`` the path of the run's MCP config; ``permission_prompt_tool`` the tool the CLI asks before a
+    tool that needs approval (``APPROVAL_PROMPT_TOOL``).
 
     >>> AgentFlags(max_budget_usd=2.0).argv()
     ['--max-budget-usd', '2.0']
     """
 
     max_budget_usd: float | None = None
+    permission_mode: str | None = None
+    mcp_config: str | None = None
+    permission_prompt_tool: str | None = None
 
     def argv(self) -> list[str]:
         flags: list[str] = []
@@ -61,6 +74,12 @@ class AgentFlags:
                 raise ValueError(f"max_budget_usd must be a positive number: {self.max_budget_usd!r}")
             # Plain decimal notation: 1e-05 would not parse as a dollar amount everywhere.
             flags += ["--max-budget-usd", format(Decimal(repr(self.max_budget_usd)), "f")]
+        if self.permission_mode is not None:
+            flags += ["--permission-mode", self.permission_mode]
+        if self.mcp_config is not None:
+            flags += ["--mcp-config", self.mcp_config]
+        if self.permission_prompt_tool is not None:
+            flags += ["--permission-prompt-tool", self.permission_prompt_tool]
         return flags
 
 

@@ -8,8 +8,19 @@ Configure it as the runner command (the interpreter must be the one aicm is inst
       env: {AICM_DEMO_DELAY: "0.05"}   # seconds between lines; runner.env is how it reaches the agent
 
 It accepts the Claude flags the server passes (``-p``, ``--output-format``, ``--verbose``, ``--resume ID``,
-``--max-budget-usd USD``) and ignores the others. It lists the workspace (the task's git worktree) and
-appends one line for the prompt to ``NOTES_FILE`` there, so every demo task has a real diff on its branch.
+``--max-budget-usd USD``, ``--permission-mode``, ``--mcp-config``, ``--permission-prompt-tool``) and ignores
+the others. It lists the workspace (the task's git worktree) and appends one line for the prompt to
+``NOTES_FILE`` there, so every demo task has a real diff on its branch.
+
+Like Claude Code, it asks before that edit when it was given an MCP config and a permission prompt tool and
+its permission mode is neither ``bypassPermissions`` nor ``acceptEdits``: it starts the config's MCP server
+and calls the tool (``{"tool_name": "Edit", "input": …}``); a deny skips the edit and says why. So the whole
+approval flow (CONTRACT §10) shows with ``config/demo.yaml``.
+
+Like the real CLI it keeps its conversation in a session file,
+``$CLAUDE_CONFIG_DIR/projects/<cwd, non-alphanumerics as ->/<session id>.jsonl`` (``~/.claude`` without
+``CLAUDE_CONFIG_DIR``): ``--resume ID`` reads the earlier prompts from it and says so, and, as the real CLI
+does, fails with "No conversation found with session ID" when the file is not there.
 
 Words in the prompt steer it, for tests and demos:
 
@@ -22,13 +33,16 @@ Words in the prompt steer it, for tests and demos:
                  ``--max-budget-usd`` it stops there, like the CLI: result ``error_max_budget_usd``, the
                  budget as the cost, exit code 1. Monthly project budgets can be tried with it.
 
-Standard library only: it must run wherever the server runs.
+Standard library only, but for the ``mcp`` SDK (a server dependency) when it asks: it must run wherever the
+server runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +97,18 @@ class Options:
         self.resume: str | None = None
         self.version = False
         self.max_budget_usd: float | None = None
+        self.permission_mode = "default"
+        self.mcp_config: str | None = None
+        self.permission_prompt_tool: str | None = None
+
+    @property
+    def asks_before_edits(self) -> bool:
+        """Whether an edit needs approval through the permission prompt tool."""
+        return (
+            self.mcp_config is not None
+            and self.permission_prompt_tool is not None
+            and self.permission_mode not in ("bypassPermissions", "acceptEdits")
+        )
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -109,6 +135,12 @@ def parse_args(argv: Sequence[str]) -> Options:
             options.resume = value or None
         elif arg == "--max-budget-usd":
             options.max_budget_usd = _positive(value)
+        elif arg == "--permission-mode":
+            options.permission_mode = value or "default"
+        elif arg == "--mcp-config":
+            options.mcp_config = value or None
+        elif arg == "--permission-prompt-tool":
+            options.permission_prompt_tool = value or None
         elif arg == "--verbose":
             options.verbose = True
         elif arg in ("--version", "-v"):
@@ -225,10 +257,13 @@ def _listing(path: str) -> str:
     return "\n".join(names + ([f"... and {more} more"] if more > 0 else []))
 
 
-def _add_note(cwd: str, prompt: str, *, follow_up: bool) -> str:
+def _note(prompt: str, *, follow_up: bool) -> str:
+    return f"- {'follow-up: ' if follow_up else ''}{_short(' '.join(prompt.split()), 120)}\n"
+
+
+def _add_note(cwd: str, line: str) -> str:
     """Append a line about this run to the notes file (made with a heading the first time); the line."""
     path = os.path.join(cwd, NOTES_FILE)
-    line = f"- {'follow-up: ' if follow_up else ''}{_short(' '.join(prompt.split()), 120)}\n"
     new = not os.path.exists(path)
     with open(path, "a", encoding="utf-8") as notes:
         if new:
@@ -242,6 +277,78 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def session_file(cwd: str, session_id: str) -> str:
+    """Where Claude Code keeps session ``session_id`` of a run in ``cwd``."""
+    config = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".claude")
+    return os.path.join(config, "projects", re.sub(r"[^A-Za-z0-9]", "-", cwd), f"{session_id}.jsonl")
+
+
+def earlier_prompts(path: str) -> list[str] | None:
+    """The prompts of the session file's earlier runs; None when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return None
+    return [r["message"]["content"] for r in records if r.get("type") == "user" and "message" in r]
+
+
+def remember(path: str, session_id: str, cwd: str, prompt: str, answer: str) -> None:
+    """Append this run's prompt and answer to the session file, as Claude Code's transcript records."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for kind, content in (("user", prompt), ("assistant", answer)):
+            record = {
+                "type": kind,
+                "sessionId": session_id,
+                "cwd": cwd,
+                "uuid": str(uuid.uuid4()),
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "message": {"role": kind, "content": content},
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def no_conversation(options: Options, session_id: str) -> int:
+    """What the CLI does for a ``--resume`` whose session file is not there."""
+    message = f"No conversation found with session ID: {session_id}"
+    if options.output_format == "stream-json":
+        result = {"type": "result", "subtype": "error_during_execution", "is_error": True, "result": message}
+        print(json.dumps({**result, "session_id": session_id}), flush=True)
+    else:
+        sys.stderr.write(message + "\n")
+    return 1
+
+
+async def _ask(options: Options, tool_name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """Call the permission prompt tool of the MCP config, as Claude Code does; its JSON answer."""
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    assert options.mcp_config is not None and options.permission_prompt_tool is not None
+    with open(options.mcp_config, encoding="utf-8") as config:  # noqa: ASYNC230 - one small file, once
+        servers = json.load(config)["mcpServers"]
+    server_name, tool = options.permission_prompt_tool.removeprefix("mcp__").split("__", 1)
+    spec = servers[server_name]
+    params = StdioServerParameters(
+        command=spec["command"], args=spec.get("args", []), env={**os.environ, **spec.get("env", {})}
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        arguments = {"tool_name": tool_name, "input": tool_input, "tool_use_id": f"toolu_{uuid.uuid4().hex}"}
+        result = await session.call_tool(tool, arguments)
+    answer = json.loads(result.content[0].text)  # type: ignore[union-attr]
+    return answer if isinstance(answer, dict) else {"behavior": "deny", "message": "unreadable answer"}
+
+
+def ask_permission(options: Options, tool_name: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """The permission prompt tool's answer; a deny with the reason when it cannot be asked."""
+    try:
+        return asyncio.run(_ask(options, tool_name, tool_input))
+    except Exception as exc:  # a demo: say what went wrong and carry on without the edit
+        return {"behavior": "deny", "message": f"could not ask for permission: {exc}"}
+
+
 def run(options: Options) -> int:
     prompt = (options.prompt or "").strip()
     streaming = options.output_format == "stream-json"
@@ -250,6 +357,10 @@ def run(options: Options) -> int:
     steer = directives(prompt)
     out = Emitter(session_id, streaming, _delay())
     cwd = os.getcwd()
+    transcript = session_file(cwd, session_id)
+    earlier = earlier_prompts(transcript) if options.resume else []
+    if earlier is None:
+        return no_conversation(options, session_id)
 
     out.emit(
         {
@@ -264,14 +375,28 @@ def run(options: Options) -> int:
             "apiKeySource": "ANTHROPIC_API_KEY" if os.environ.get("ANTHROPIC_API_KEY") else "none",
         }
     )
-    opening = "Picking up where we left off" if options.resume else "I'll start by looking at the workspace"
+    if options.resume:
+        before = "; ".join(f"“{_short(p, 60)}”" for p in earlier) or "nothing yet"
+        opening = f"Picking up where we left off (earlier in this session: {before})"
+    else:
+        opening = "I'll start by looking at the workspace"
     out.say(f"{opening}. Task: “{_short(prompt)}”")
     out.tool("Bash", {"command": "ls -A", "description": "List the workspace"}, _listing(cwd))
     keyword = next((word for word in prompt.split() if len(word) > 3 and ":" not in word), "main")
     out.tool("Grep", {"pattern": keyword, "path": "."}, f"No matches found for {keyword!r} (demo agent)")
 
-    note = _add_note(cwd, prompt, follow_up=options.resume is not None)
-    out.tool("Edit", {"file_path": NOTES_FILE, "new_string": note}, f"Appended a line to {NOTES_FILE}")
+    edit = {"file_path": NOTES_FILE, "new_string": _note(prompt, follow_up=options.resume is not None)}
+    answer = {"behavior": "allow", "updatedInput": edit}
+    if options.asks_before_edits:
+        out.say(f"I need permission to edit {NOTES_FILE}; asking the project's approvers.")
+        answer = ask_permission(options, "Edit", edit)
+    if answer.get("behavior") == "allow":
+        edit = answer.get("updatedInput") or edit
+        _add_note(cwd, str(edit.get("new_string", "")))
+        out.tool("Edit", edit, f"Appended a line to {NOTES_FILE}")
+    else:
+        message = answer.get("message") or "denied"
+        out.tool("Edit", edit, f"Permission to use Edit was denied: {message}", is_error=True)
 
     if steer["stderr"]:
         sys.stderr.write("demo-agent: warning: this line was written to stderr on request\n")
@@ -304,6 +429,7 @@ def run(options: Options) -> int:
         final = f"Done. This was a demo run for “{_short(prompt, 80)}”; I noted it in {NOTES_FILE}."
         subtype = "success"
     out.say(final, last=True)
+    remember(transcript, session_id, cwd, prompt, final)
     elapsed_ms = int((time.monotonic() - started) * 1000)
     result = {
         "type": "result",

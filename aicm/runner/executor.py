@@ -28,14 +28,18 @@ from aicm import models
 from aicm.config import Settings
 from aicm.errors import AppError
 from aicm.metrics import TASK_LOG_LINES, TASKS, TASKS_RUNNING
+from aicm.runner import webhooks
 from aicm.runner.agent_credentials import ENV_NAMES, RunKey, UndecryptableCredential, run_key
-from aicm.runner.command import AgentFlags, build_argv, scrubbed_env
-from aicm.runner.isolation import RunIsolation, cut_note, limit_error
+from aicm.runner.approvals import PERMISSION_MODES, ApprovalGate
+from aicm.runner.command import APPROVAL_PROMPT_TOOL, AgentFlags, build_argv, scrubbed_env
+from aicm.runner.isolation import RunIsolation, cut_note, git_paths, limit_error
 from aicm.runner.logs import LogWriter
 from aicm.runner.process import DEFAULT_GRACE, AgentNotFound, AgentProcess
+from aicm.runner.session_store import keep_session, restore_session
+from aicm.runner.status import announce
 from aicm.runner.stream_json import RunSummary, parse_line
 from aicm.runner.workspace import Workspaces, describe
-from aicm.subscriptions import channels, events
+from aicm.subscriptions import channels
 from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
 from aicm.subscriptions.publisher import publish
@@ -47,6 +51,7 @@ log = logging.getLogger("aicm.runner")
 LEASE_SECONDS = 30.0
 RENEW_EVERY = 5.0  # also how often the database is asked whether a cancel was requested
 RUNNING, PENDING = models.TaskStatus.RUNNING, models.TaskStatus.PENDING
+WAITING = models.TaskStatus.WAITING_FOR_APPROVAL
 # After the grace, a stopped agent gets SIGTERM, then SIGKILL DEFAULT_GRACE later, then is reaped: wait that.
 STOP_WAIT = DEFAULT_GRACE + 10.0
 WORKTREE_SWEEP_EVERY = 3600.0  # how often worktrees past runner.worktree_retention are looked for
@@ -62,19 +67,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def announce(task: models.Task, actor_id: int | None = None) -> None:
-    """A status change, on the task's channel and its project's."""
-    payload = events.task_event(events.ProjectEventType.TASK_UPDATED, task, actor_id)
-    await publish(channels.task(task.id), payload)
-    await publish(channels.project(task.project_id), payload)  # type: ignore[attr-defined]
-
-
 async def finish(
     task_id: int,
     status: models.TaskStatus,
     *,
     error: str | None = None,
-    only_from: tuple[models.TaskStatus, ...] = (PENDING, RUNNING),
+    only_from: tuple[models.TaskStatus, ...] = (PENDING, RUNNING, WAITING),
     **fields: Any,
 ) -> bool:
     """Record a task's end unless it is no longer in one of ``only_from``; True when this call ended it.
@@ -85,7 +83,14 @@ async def finish(
         updated = (
             await models.Task.filter(id=task_id, status__in=list(only_from))
             .using_db(connection)
-            .update(status=status, error=error, finished_at=_now(), lease_expires_at=None, **fields)
+            .update(
+                status=status,
+                error=error,
+                finished_at=_now(),
+                lease_expires_at=None,
+                approval_token_hash=None,
+                **fields,
+            )
         )
         if not updated:
             return False
@@ -104,6 +109,7 @@ async def finish(
         await publish(channels.task_logs(task_id), {"lines": [line_payload(line)]})
     await publish(channels.task_logs(task_id), {"end": True, "status": str(status)})
     await announce(task)
+    await webhooks.task_finished(task)
     return True
 
 
@@ -178,6 +184,8 @@ class TaskExecutor:
         self._background.append(asyncio.create_task(self._renew_leases(), name="aicm-runner-leases"))
         self._background.append(asyncio.create_task(self._follow_cancels(), name="aicm-runner-cancels"))
         self._background.append(asyncio.create_task(self._sweep_worktrees(), name="aicm-runner-worktrees"))
+        sender = webhooks.WebhookSender(self.settings)
+        self._background.append(asyncio.create_task(sender.run(self.broker), name="aicm-webhooks"))
         if not single_process:
             self._background.append(asyncio.create_task(self._sweep(), name="aicm-runner-sweep"))
 
@@ -261,7 +269,7 @@ class TaskExecutor:
         Single-process (no Redis): nothing else can be running a task, so every RUNNING task was left by a
         previous life of this server. With workers: only tasks whose lease expired.
         """
-        stale = models.Task.filter(status=RUNNING)
+        stale = models.Task.filter(status__in=list(models.ACTIVE))
         if not single_process:
             stale = stale.filter(lease_expires_at__lt=_now())
         for task_id in await stale.values_list("id", flat=True):
@@ -416,11 +424,18 @@ class TaskExecutor:
             return f"Could not save the agent's work: {describe(exc)}"
         return None
 
-    def agent_flags(self, task: models.Task) -> AgentFlags | None:
-        """The Claude CLI flags for what the task asks; None with ``runner.agent_cli: generic``."""
+    def agent_flags(self, task: models.Task, gate: ApprovalGate | None = None) -> AgentFlags | None:
+        """The Claude CLI flags for what the task asks (its budget, the project's permission mode, the
+        run's approval gate); None with ``runner.agent_cli: generic``."""
         if self.settings.runner.agent_cli != "claude":
             return None
-        return AgentFlags(max_budget_usd=task.max_budget_usd)
+        mode = models.AgentPermissionMode(task.project.agent_permission_mode)
+        return AgentFlags(
+            max_budget_usd=task.max_budget_usd,
+            permission_mode=PERMISSION_MODES[mode],
+            mcp_config=str(gate.mcp_config) if gate else None,
+            permission_prompt_tool=APPROVAL_PROMPT_TOOL if gate else None,
+        )
 
     async def _agent_env(self, task: models.Task) -> dict[str, str]:
         """The scrubbed environment with the run's API key (creator's, else project's, else runner.env's).
@@ -462,19 +477,31 @@ class TaskExecutor:
         if tree is None:
             return
         try:
-            flags = self.agent_flags(task)
-            options = flags.argv() if flags is not None else []
-            argv = build_argv(runner.command, task.prompt, resume_session_id=resume, options=options)
-            cwd = tree.path
-            creator = task.created_by_id  # type: ignore[attr-defined]
-            argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator)
-            async with AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed) as agent:
+            async with contextlib.AsyncExitStack() as stack:
+                gate = None
+                if self._asks_approval(task):
+                    gate = await stack.enter_async_context(ApprovalGate(self.settings, self.broker, task.id))
+                flags = self.agent_flags(task, gate)
+                options = flags.argv() if flags is not None else []
+                argv = build_argv(runner.command, task.prompt, resume_session_id=resume, options=options)
+                cwd = tree.path
+                creator = task.created_by_id  # type: ignore[attr-defined]
+                paths = git_paths(tree)
+                if gate:  # the approval socket's directory
+                    paths["read_write"].append(gate.directory)
+                argv, limits, sandboxed = self.isolation.build_run(argv, cwd, creator, **paths)
+                sessions = self.isolation.session_dir(creator, env)
+                await restore_session(task, cwd, sessions)
+                agent = await stack.enter_async_context(
+                    AgentProcess(argv, cwd=cwd, env=env, limits=limits, sandboxed=sandboxed)
+                )
                 outcome = await agent.run(on_line, time_limit=runner.timeout, cancel_event=cancel)
         except (AgentNotFound, ValueError, OSError) as exc:  # the agent could not be started at all
             await writer.close()
             await finish(task.id, models.TaskStatus.FAILED, error=f"Could not start the agent: {exc}")
             return
         await writer.close()
+        await keep_session(task, summary.session_id, cwd, sessions)
         TASK_LOG_LINES.inc(writer.written)
         fields = {
             "exit_code": outcome.exit_code,
@@ -504,6 +531,11 @@ class TaskExecutor:
                 task.id, models.TaskStatus.FAILED, error=reason or "The agent reported an error", **fields
             )
 
+    def _asks_approval(self, task: models.Task) -> bool:
+        """Claude Code runs ask this system before a tool that needs permission, unless in BYPASS mode."""
+        mode = task.project.agent_permission_mode
+        return self.settings.runner.agent_cli == "claude" and mode != models.AgentPermissionMode.BYPASS
+
     async def _renew_leases(self) -> None:
         """Keep our running tasks' leases alive, and catch cancels that arrived only through the database."""
         while True:
@@ -512,7 +544,8 @@ class TaskExecutor:
             if not ids:
                 continue
             with contextlib.suppress(Exception):
-                await models.Task.filter(id__in=ids, worker_id=self.worker_id, status=RUNNING).update(
+                active = list(models.ACTIVE)
+                await models.Task.filter(id__in=ids, worker_id=self.worker_id, status__in=active).update(
                     lease_expires_at=_now() + timedelta(seconds=LEASE_SECONDS)
                 )
                 for task_id in await models.Task.filter(id__in=ids, cancel_requested=True).values_list(

@@ -6,7 +6,10 @@ its user's agent home ``<data_dir>/agent-homes/<user id>`` (mode 0700, kept betw
 and ``CLAUDE_CONFIG_DIR``), the server's interpreter and the ``aicm`` package read-only (so ``{python}``
 agents such as the demo one run wherever the server is installed), and ``runner.sandbox_paths``. Hidden even
 where a bound directory holds them: the data directory (database, ``jwt_secret``, the other agent homes), the
-config file and ``.env`` files, ``runner.workspace_root`` but for this run's cwd, and the server's own home.
+config file and ``.env`` files, the SQLite database and JWT key files wherever the settings put them,
+``runner.workspace_root`` but for this run's cwd, and the server's own home. Git works in the worktree: the
+executor binds the project's repository read-only and the worktree's own administrative directory
+read-write (``build_run``'s ``read_only``/``read_write``), so other tasks' branches cannot be rewritten.
 
 Without the sandbox (``none``) the argv is unchanged; the limits apply either way.
 """
@@ -20,7 +23,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aicm
@@ -28,22 +31,43 @@ from aicm.config import LimitsConfig, Settings
 from aicm.runner.limits import LIMIT_NAMES, Limits, enforcement
 from aicm.runner.process import AgentNotFound
 from aicm.runner.sandbox import SYSTEM_DIRS, SandboxSpec, SandboxStatus, SandboxUnavailable, detect, wrap
+from aicm.runner.sessions import config_dir_of
+from aicm.workspaces.worktrees import Worktree
 
 __all__ = [
     "RunIsolation",
     "current_status",
     "cut_note",
     "details",
+    "git_paths",
     "limit_error",
     "limits_of",
     "sandbox_problem",
+    "sqlite_path",
 ]
 
 log = logging.getLogger("aicm.runner")
 
 AGENT_HOMES = "agent-homes"
 _CUT = re.compile(r" …\[truncated (\d+) bytes\]$")  # what AgentProcess appends to a line it cut
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 _SIZE_LIMITS = ("memory", "file_size", "output_bytes", "line_bytes")
+
+
+def sqlite_path(dsn: str) -> Path | None:
+    """The file of a ``sqlite://`` database URL (relative to the cwd, as Tortoise opens it); None for other
+    databases and ``:memory:``."""
+    if not dsn.startswith("sqlite://"):
+        return None
+    path = dsn.removeprefix("sqlite://").split("?", 1)[0]
+    return None if path in ("", ":memory:") else _absolute(path)
+
+
+def git_paths(tree: Worktree) -> dict[str, list[Path]]:
+    """``build_run``'s extra paths for a run in ``tree``: the project's repository (objects, refs, other
+    worktrees' state) read-only, this worktree's administrative directory (index, HEAD) read-write. So
+    ``git status``/``diff``/``log`` work in the sandbox, and no other task's branch can be rewritten."""
+    return {"read_only": [tree.repository.path], "read_write": [tree.admin_dir]}
 
 
 def limits_of(config: LimitsConfig) -> Limits:
@@ -152,13 +176,32 @@ class RunIsolation:
         os.chmod(home, 0o700)
         return home
 
+    def session_dir(self, user_id: int | None, env: Mapping[str, str]) -> tuple[Path, Path] | None:
+        """(the CLI's config directory for a run of ``user_id`` with ``env``, the part of it the agent cannot
+        replace), where its session files are (``aicm.runner.sessions``); None when it has none.
+
+        Sandboxed: ``<agent home>/.claude`` (the agent may write anything below its home). Else what the
+        environment says (``CLAUDE_CONFIG_DIR``, else ``$HOME/.claude``), trusted as the server's own."""
+        if self.status.active:
+            home = self.agent_home(user_id)
+            return home / ".claude", home
+        found = config_dir_of(env)
+        return None if found is None else (found, found)
+
     def build_run(
-        self, argv: Sequence[str], cwd: str | Path, user_id: int | None, *, read_write: Sequence[Path] = ()
+        self,
+        argv: Sequence[str],
+        cwd: str | Path,
+        user_id: int | None,
+        *,
+        read_only: Sequence[Path] = (),
+        read_write: Sequence[Path] = (),
     ) -> tuple[list[str], Limits, bool]:
         """(the argv to start, its limits, whether it is sandboxed) for one run in ``cwd`` for ``user_id``.
 
-        ``read_write``: further directories this run writes besides its cwd (e.g. a git worktree's common
-        directory). Raises AgentNotFound when the program is not there to run."""
+        ``read_only``/``read_write``: further directories this run reads or writes besides its cwd (a git
+        worktree's common directory, its own administrative directory). Raises AgentNotFound when the
+        program is not there to run."""
         if not self.status.active:
             return list(argv), self.limits, False
         runner = self.settings.runner
@@ -168,7 +211,7 @@ class RunIsolation:
         spec = SandboxSpec(
             worktree=_absolute(cwd),
             home=self.agent_home(user_id),
-            read_only=[*self._program_paths(argv), *map(_absolute, extra.read_only)],
+            read_only=[*self._program_paths(argv), *map(_absolute, [*read_only, *extra.read_only])],
             read_write=[*map(_absolute, read_write), *map(_absolute, extra.read_write)],
             hidden=self._hidden(),
             network=runner.network,
@@ -186,8 +229,20 @@ class RunIsolation:
         ]
         if config is not None:
             hidden += [_absolute(config), _absolute(config).parent / ".env"]
+        hidden += self._server_files()
         hidden += map(_absolute, self.settings.runner.sandbox_paths.hidden)
         return list(dict.fromkeys(hidden))
+
+    def _server_files(self) -> list[Path]:
+        """Secrets the settings name that may lie outside the data directory: the SQLite database (and its
+        journal files) and the JWT key files."""
+        files: list[Path] = []
+        database = sqlite_path(self.settings.database.dsn)
+        if database is not None:
+            files += [database.with_name(database.name + suffix) for suffix in ("", *SQLITE_SIDE_FILES)]
+        jwt = self.settings.jwt
+        files += [_absolute(name) for name in (jwt.private_key_file, jwt.public_key_file) if name]
+        return files
 
     @staticmethod
     def _program_paths(argv: Sequence[str]) -> list[Path]:

@@ -5,9 +5,9 @@ and binds in only what a program needs: the system directories (``/usr``, ``/etc
 ``/bin``-style links) read-only, the task's worktree and the user's agent home read-write at their own paths,
 a private ``/tmp``, a fresh ``/dev`` and the ``/proc`` of a new PID namespace. Whatever is not bound does not
 exist inside: the server's data directory, the workspace root, ``/root``, ``/home`` and ``/work`` need no
-hiding when they are not under a bound directory. ``hidden`` paths are covered anyway (an empty tmpfs over a
-directory, ``/dev/null`` over a file) for the cases where they are: a config file under ``/etc``, or the
-workspace root around the worktree.
+hiding when they are not under a bound directory. ``hidden`` paths are covered anyway (an empty read-only
+tmpfs over a directory, ``/dev/null`` over a file) for the cases where they are: a config file under
+``/etc``, or the workspace root around the worktree.
 
 Mounts are applied from the shallowest path to the deepest, so the deepest rule wins: the worktree shows
 through a hidden workspace root, a hidden ``.env`` inside a read-only extra stays hidden.
@@ -125,11 +125,14 @@ def wrap(argv: Sequence[str], spec: SandboxSpec) -> list[str]:
     for path in map(str, (*spec.read_write, spec.worktree, spec.home)):
         mounts.append((path, ["--bind", path, path]))
         bound.append(path)
+    covers: list[str] = []  # hidden directories: an empty tmpfs, made read-only once all is mounted
     for path in map(str, (*SYSTEM_HIDDEN, *spec.hidden)):
         if not any(_under(path, b) for b in bound) or not os.path.lexists(path):
             continue  # not visible anyway
         cover = ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
         mounts.append((path, cover))
+        if os.path.isdir(path):
+            covers.append(path)
     mounts.sort(key=lambda mount: _depth(mount[0]))  # stable: the deepest rule is applied last and wins
 
     home = str(spec.home)
@@ -139,6 +142,8 @@ def wrap(argv: Sequence[str], spec: SandboxSpec) -> list[str]:
         args.append("--unshare-net")
     for _, options in mounts:
         args += options
+    for path in sorted(covers, key=_depth, reverse=True):  # a write there fails instead of vanishing
+        args += ["--remount-ro", path]  # not recursive: a bound directory below one stays writable
     args += ["--remount-ro", "/"]  # the directories bubblewrap made for the mount points stay read-only
     args += ["--setenv", "HOME", home, "--setenv", "CLAUDE_CONFIG_DIR", f"{home}/.claude"]
     args += ["--setenv", "TMPDIR", "/tmp", "--chdir", str(spec.worktree), "--", *argv]

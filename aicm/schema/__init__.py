@@ -21,6 +21,7 @@ from aicm.schema.extensions.persisted_queries import Safelist, load_manifest
 from aicm.schema.extensions.validation import CachedValidation, QuietExecutionContext
 from aicm.schema.oauth import OAuthMutations, OAuthQueries
 from aicm.schema.projects import ProjectMutations, ProjectQueries
+from aicm.schema.rendering import SharedRenderingContext
 from aicm.schema.roles import RoleMutations, RoleQueries
 from aicm.schema.subscriptions import Subscription
 from aicm.schema.tasks import TaskMutations, TaskQueries
@@ -83,5 +84,5 @@ def build_schema(settings: Settings, transport_extensions: Sequence[Callable[[],
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        execution_context_class=QuietExecutionContext if hide_suggestions else None,
+        execution_context_class=QuietExecutionContext if hide_suggestions else SharedRenderingContext,
     )

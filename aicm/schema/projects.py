@@ -13,6 +13,7 @@ from aicm.errors import NotFound
 from aicm.resolvers import agent_credentials as agent_credentials_resolvers
 from aicm.resolvers import projects as projects_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
+from aicm.resolvers import webhooks as webhooks_resolvers
 from aicm.schema.context import Info
 from aicm.schema.mapping import from_row
 from aicm.schema.permissions import IsAuthenticated
@@ -26,6 +27,44 @@ if TYPE_CHECKING:
     from aicm.auth.viewer import Viewer
 
 ProjectStatus = strawberry.enum(models.ProjectStatus)
+AgentPermissionMode = strawberry.enum(
+    models.AgentPermissionMode, description="Passed to the agent CLI as --permission-mode (CONTRACT §10)."
+)
+
+
+WebhookEvent = strawberry.enum(models.WebhookEvent)
+
+
+@strawberry.type(description="One attempt to deliver one event.")
+class WebhookDelivery:
+    at: datetime
+    event: WebhookEvent
+    status: int | None = strawberry.field(description="The HTTP status; null when no answer came.")
+    error: str | None = strawberry.field(description="Why the attempt failed; null when it succeeded.")
+    attempt: int = strawberry.field(description="1 for the first attempt at this event, then 2, 3...")
+
+    @classmethod
+    def from_model(cls, row: models.WebhookDelivery) -> WebhookDelivery:
+        return from_row(cls, row, event=models.WebhookEvent(row.event))
+
+
+@strawberry.type(description="POSTs signed JSON (X-AICM-Signature: sha256=...) on the events it names.")
+class Webhook:
+    id: strawberry.ID
+    url: str
+    events: list[WebhookEvent]
+    created_at: datetime
+    pk: strawberry.Private[int]
+
+    @classmethod
+    def from_model(cls, hook: models.Webhook) -> Webhook:
+        events = [models.WebhookEvent(event) for event in hook.events or []]
+        return from_row(cls, hook, id=encode_id("Webhook", hook.id), events=events, pk=hook.id)
+
+    @strawberry.field(description="Delivery attempts, newest first.")
+    async def deliveries(self, info: Info, first: int | None = 20) -> list[WebhookDelivery]:
+        rows = await webhooks_resolvers.webhook_deliveries(info.context.loaders, self.pk, first)
+        return [WebhookDelivery.from_model(row) for row in rows]
 
 
 async def _member_user(info: Info, project_id: int, user_id: int) -> User:
@@ -78,6 +117,9 @@ class Project:
     has_credential: bool = strawberry.field(
         description="Whether a repository credential is set (write-only)."
     )
+    agent_permission_mode: AgentPermissionMode = strawberry.field(
+        description="Maintainer+ sets it; BYPASS (no approvals asked) only an admin."
+    )
     has_agent_credential: bool = strawberry.field(
         description="Whether the project's agent API key is set (write-only); used by tasks whose creator "
         "has none of their own."
@@ -88,6 +130,7 @@ class Project:
     )
     pk: strawberry.Private[int]
     owner_pk: strawberry.Private[int]
+    approver_role_pk: strawberry.Private[int | None]
 
     @classmethod
     def from_model(cls, project: models.Project) -> Project:
@@ -99,6 +142,8 @@ class Project:
             pk=project.id,
             owner_pk=project.owner_id,  # type: ignore[attr-defined]
             has_credential=bool(project.credential_secret),
+            agent_permission_mode=models.AgentPermissionMode(project.agent_permission_mode),
+            approver_role_pk=project.approver_role_id,
             has_agent_credential=bool(project.agent_credential_secret),
         )
 
@@ -130,6 +175,19 @@ class Project:
         )
         return connection(page, Task.from_model)
 
+    @strawberry.field(
+        description="Members whose role is at least this one decide tool approvals (default: maintainer)."
+    )
+    async def approver_role(self, info: Info) -> Role:
+        return Role.from_model(
+            await projects_resolvers.approver_role(info.context.loaders, self.approver_role_pk)
+        )
+
+    @strawberry.field(description="Its webhooks, for maintainer+ (an empty list for other viewers).")
+    async def webhooks(self, info: Info) -> list[Webhook]:
+        rows = await webhooks_resolvers.project_webhooks(info.context.loaders, self.pk)
+        return [Webhook.from_model(row) for row in rows]
+
     @strawberry.field(description="The viewer's role in this project; null when not a member.")
     async def viewer_role(self, info: Info) -> Role | None:
         role = await info.context.loaders.viewer_role_by_project_id.load(self.pk)
@@ -153,6 +211,17 @@ class UpdateProjectInput:
     monthly_budget_usd: float | None = strawberry.field(
         default=strawberry.UNSET, description="Maintainer+; null removes the budget, absent keeps it."
     )
+    agent_permission_mode: AgentPermissionMode | None = None
+    approver_role_id: strawberry.ID | None = strawberry.field(
+        default=None, description="A project-scope role; members at or above it decide tool approvals."
+    )
+
+
+@strawberry.input
+class AddProjectWebhookInput:
+    url: str = strawberry.field(description="http or https; no private addresses in production by default.")
+    events: list[WebhookEvent]
+    secret: str = strawberry.field(description="Signs each body (HMAC-SHA256); write-only.")
 
 
 @strawberry.input(description="An HTTPS token or an SSH private key; neither clears the credential.")
@@ -229,6 +298,10 @@ class ProjectMutations:
             description=input.description,
             repository_url=input.repository_url,
             default_branch=input.default_branch,
+            agent_permission_mode=input.agent_permission_mode,
+            approver_role_id=decode_id(input.approver_role_id, "Role", field="approverRoleId")
+            if input.approver_role_id
+            else None,
             monthly_budget_usd=(
                 projects_resolvers.UNCHANGED
                 if input.monthly_budget_usd is strawberry.UNSET
@@ -261,6 +334,24 @@ class ProjectMutations:
             ssh_private_key=input.ssh_private_key,
         )
         return Project.from_model(project)
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated], description="Maintainer+.")
+    async def add_project_webhook(
+        self, info: Info, project_id: strawberry.ID, input: AddProjectWebhookInput
+    ) -> Webhook:
+        hook = await webhooks_resolvers.add_project_webhook(
+            info.context.viewer,
+            info.context.runtime.settings,
+            _project_id(project_id, "projectId"),
+            url=input.url,
+            events=[models.WebhookEvent(event) for event in input.events],
+            secret=input.secret,
+        )
+        return Webhook.from_model(hook)
+
+    @strawberry.mutation(permission_classes=[IsAuthenticated], description="Maintainer+.")
+    async def remove_project_webhook(self, info: Info, id: strawberry.ID) -> bool:
+        return await webhooks_resolvers.remove_project_webhook(info.context.viewer, decode_id(id, "Webhook"))
 
     @strawberry.mutation(
         permission_classes=[IsAuthenticated],

@@ -14,7 +14,8 @@ from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.projects import Project, ProjectMember
 from aicm.schema.relay import decode_id, encode_id
-from aicm.schema.tasks import Task, TaskLogLine
+from aicm.schema.rendering import Rendering
+from aicm.schema.tasks import ApprovalRequest, Task, TaskLogLine
 from aicm.schema.users import User, user_or_none
 from aicm.subscriptions import events
 
@@ -27,6 +28,8 @@ class ProjectEvent:
     project_id: strawberry.ID
     at: datetime
     payload: strawberry.Private[dict[str, Any]]
+    # actor, project and task are resolved as the viewer sees them: shared only among one user's subscriptions
+    rendering: strawberry.Private[Rendering]
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ProjectEvent:
@@ -35,6 +38,7 @@ class ProjectEvent:
             project_id=encode_id("Project", payload["project_id"]),
             at=datetime.fromisoformat(payload["at"]),
             payload=payload,
+            rendering=Rendering((payload,), per_viewer=True, weight=1024),
         )
 
     @strawberry.field(
@@ -54,6 +58,12 @@ class ProjectEvent:
         task = await info.context.loaders.task_by_id.load(task_id) if task_id else None
         return Task.from_model(task) if task else None
 
+    @strawberry.field(description="The request, for APPROVAL_* events; null when you may not read it.")
+    async def approval(self, info: Info) -> ApprovalRequest | None:
+        approval_id = self.payload.get("approval_id")
+        request = await info.context.loaders.approval_by_id.load(approval_id) if approval_id else None
+        return ApprovalRequest.from_model(request) if request else None
+
     @strawberry.field(description="The membership, for MEMBER_* events (as it was, for a removal).")
     def member(self) -> ProjectMember | None:
         member = self.payload.get("member")
@@ -67,8 +77,13 @@ class ProjectEvent:
         )
 
 
+def _weight(line: dict[str, Any]) -> int:
+    """About the bytes a line's dict holds (its text, and as much again for a JSON line's data)."""
+    return 2 * len(line["text"] or "") + 200
+
+
 def _line(payload: dict[str, Any]) -> TaskLogLine:
-    return TaskLogLine(
+    line = TaskLogLine(
         seq=payload["seq"],
         at=datetime.fromisoformat(payload["at"]),
         stream=payload["stream"],
@@ -76,6 +91,21 @@ def _line(payload: dict[str, Any]) -> TaskLogLine:
         text=payload["text"],
         data=payload["data"],
     )
+    # a line reads the same to anyone who may read it
+    line.rendering = Rendering((payload,), weight=_weight(payload))  # type: ignore[attr-defined]
+    return line
+
+
+@strawberry.type(description="Log lines of one task, several per message (CONTRACT §11).")
+class TaskLogBatch:
+    last_seq: int = strawberry.field(description="The batch's last seq: resume with afterSeq = lastSeq.")
+    payloads: strawberry.Private[list[dict[str, Any]]]
+    rendering: strawberry.Private[Rendering | None] = None
+
+    @strawberry.field
+    def lines(self) -> list[TaskLogLine]:
+        """Built only when executed: a batch whose rendering is shared never builds its lines again."""
+        return [_line(payload) for payload in self.payloads]
 
 
 @strawberry.type
@@ -98,6 +128,20 @@ class Subscription:
 
     @strawberry.subscription(
         permission_classes=[IsAuthenticated],
+        description="The project's approval requests as they are asked for and decided.",
+    )
+    async def approval_requests(
+        self, info: Info, project_id: strawberry.ID
+    ) -> AsyncGenerator[ApprovalRequest, None]:
+        context, project_pk = info.context, decode_id(project_id, "Project", field="projectId")
+        async for pk in _open(info, subscriptions_resolvers.approval_requests, project_pk):
+            context.renew_loaders()
+            request = await subscriptions_resolvers.approval_now(context.loaders, pk)
+            if request is not None:
+                yield ApprovalRequest.from_model(request)
+
+    @strawberry.subscription(
+        permission_classes=[IsAuthenticated],
         description="Stored lines with seq > afterSeq, then live ones; completes after the task's last line.",
     )
     async def task_logs(
@@ -106,6 +150,25 @@ class Subscription:
         task_pk = decode_id(task_id, "Task", field="taskId")
         async for payload in _open(info, subscriptions_resolvers.task_logs, task_pk, after_seq):
             yield _line(payload)
+
+    @strawberry.subscription(
+        permission_classes=[IsAuthenticated],
+        description=(
+            "The lines of taskLogs, in order and several per message: the lines stored together, or up to "
+            "500 replayed ones; completes after the task's last line."
+        ),
+    )
+    async def task_log_batches(
+        self, info: Info, task_id: strawberry.ID, after_seq: int = 0
+    ) -> AsyncGenerator[TaskLogBatch, None]:
+        task_pk = decode_id(task_id, "Task", field="taskId")
+        async for batch in _open(info, subscriptions_resolvers.task_log_batches, task_pk, after_seq):
+            yield TaskLogBatch(
+                last_seq=batch[-1]["seq"],
+                payloads=batch,
+                # a contiguous run of lines: its ends and its length tell it
+                rendering=Rendering((batch[0], batch[-1]), shape=len(batch), weight=sum(map(_weight, batch))),
+            )
 
 
 async def _open(

@@ -9,6 +9,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from aicm import models
+from aicm.errors import NotFound
+from aicm.resolvers import approvals as approvals_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.schema.context import Info
 from aicm.schema.mapping import from_row
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 
 TaskStatus = strawberry.enum(models.TaskStatus)
+ApprovalStatus = strawberry.enum(models.ApprovalStatus)
 FileChangeStatus = strawberry.enum(FileStatus, name="FileChangeStatus")
 MergeStrategy = strawberry.enum(MergeStrategyEnum, name="MergeStrategy")
 
@@ -89,6 +92,45 @@ class TaskLogLine:
     @classmethod
     def from_model(cls, line: models.TaskLog) -> TaskLogLine:
         return from_row(cls, line)
+
+
+@strawberry.type(description="A tool call an agent asked to make, and its decision (CONTRACT §10).")
+class ApprovalRequest:
+    id: strawberry.ID
+    tool_name: str
+    input: JSON
+    status: ApprovalStatus
+    requested_at: datetime
+    expires_at: datetime = strawberry.field(description="When it is EXPIRED (and denied) if undecided.")
+    decided_at: datetime | None
+    reason: str | None = strawberry.field(description="The decider's reason, or why it expired.")
+    remember: bool = strawberry.field(
+        description="Allowed for the rest of the task, for the same tool and input."
+    )
+    task_pk: strawberry.Private[int]
+    decider_pk: strawberry.Private[int | None]
+
+    @classmethod
+    def from_model(cls, request: models.ApprovalRequest) -> ApprovalRequest:
+        return from_row(
+            cls,
+            request,
+            id=encode_id("ApprovalRequest", request.id),
+            status=models.ApprovalStatus(request.status),
+            task_pk=request.task_id,  # type: ignore[attr-defined]
+            decider_pk=request.decided_by_id,  # type: ignore[attr-defined]
+        )
+
+    @strawberry.field
+    async def task(self, info: Info) -> Task:
+        task = await info.context.loaders.task_by_id.load(self.task_pk)
+        if task is None:  # only reachable from a request the viewer may not read
+            raise NotFound("Task not found")
+        return Task.from_model(task)
+
+    @strawberry.field(description="Null while undecided, when it expired, or when you may not see them.")
+    async def decided_by(self, info: Info) -> User | None:
+        return await user_or_none(info, self.decider_pk)
 
 
 @strawberry.type
@@ -160,6 +202,11 @@ class Task:
         tasks = await tasks_resolvers.overlapping_tasks(info.context.loaders, self.pk)
         return [Task.from_model(task) for task in tasks]
 
+    @strawberry.field(description="The tool approvals its agent asked for, oldest first.")
+    async def approvals(self, info: Info) -> list[ApprovalRequest]:
+        rows = await approvals_resolvers.task_approvals(info.context.loaders, self.pk)
+        return [ApprovalRequest.from_model(row) for row in rows]
+
     @strawberry.field(description="Stored log lines with seq > afterSeq, oldest first.")
     async def logs(self, info: Info, after_seq: int = 0, first: int = 100) -> list[TaskLogLine]:
         lines = await tasks_resolvers.task_logs(
@@ -177,6 +224,16 @@ class CreateTaskInput:
     )
     max_budget_usd: float | None = strawberry.field(
         default=None, description="The most the agent CLI may spend (--max-budget-usd); positive."
+    )
+
+
+@strawberry.input
+class DecideApprovalInput:
+    allow: bool
+    reason: str | None = None
+    remember: bool = strawberry.field(
+        default=False,
+        description="With allow: allow the same tool with the same input for the rest of the task.",
     )
 
 
@@ -213,9 +270,43 @@ class TaskQueries:
         )
         return connection(page, Task.from_model)
 
+    @strawberry.field(permission_classes=[IsAuthenticated], description="Newest first.")
+    async def approval_requests(
+        self,
+        info: Info,
+        project_id: strawberry.ID,
+        status: ApprovalStatus | None = None,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> Connection[ApprovalRequest]:
+        page = await approvals_resolvers.list_approvals(
+            info.context.viewer,
+            project_id=decode_id(project_id, "Project", field="projectId"),
+            status=status,
+            first=first,
+            after=after,
+        )
+        return connection(page, ApprovalRequest.from_model)
+
 
 @strawberry.type
 class TaskMutations:
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="By a member at or above the project's approverRole; the first decision wins (CONFLICT).",
+    )
+    async def decide_approval(
+        self, info: Info, id: strawberry.ID, input: DecideApprovalInput
+    ) -> ApprovalRequest:
+        request = await approvals_resolvers.decide_approval(
+            info.context.viewer,
+            decode_id(id, "ApprovalRequest"),
+            allow=input.allow,
+            reason=input.reason,
+            remember=input.remember,
+        )
+        return ApprovalRequest.from_model(request)
+
     @strawberry.mutation(permission_classes=[IsAuthenticated])
     async def create_task(self, info: Info, input: CreateTaskInput) -> Task:
         task = await tasks_resolvers.create_task(

@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 
 from aicm.subscriptions.subscription import Event, Subscription
 
-__all__ = ["DEFAULT_MAX_QUEUE", "Broker", "BrokerStats", "PublishError", "encode"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_QUEUE", "Broker", "BrokerStats", "PublishError", "encode"]
 
 DEFAULT_MAX_QUEUE = 1000
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # graphql.subscription_backlog_bytes
 
 
 class PublishError(Exception):
@@ -62,7 +63,10 @@ class Broker(abc.ABC):
 
     mode: ClassVar[str]
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self.max_bytes = max_bytes  # each subscriber's backlog bound, unless it asks for its own
         self.stats = BrokerStats()
         self._subs: dict[str, set[Subscription]] = {}  # channel -> its open local subscriptions
         self._open_subs: set[Subscription] = set()
@@ -95,9 +99,20 @@ class Broker(abc.ABC):
     async def publish(self, channel: str, payload: Mapping[str, Any]) -> None:
         """Send a JSON-serialisable payload to every subscriber of ``channel``, in any process."""
 
-    def subscribe(self, channels: Sequence[str], *, max_queue: int = DEFAULT_MAX_QUEUE) -> Subscription:
-        """A subscription to ``channels``; it starts receiving once opened with ``async with``."""
-        return Subscription(self, channels, max_queue)
+    def subscribe(
+        self,
+        channels: Sequence[str],
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_bytes: int | None = None,
+        catch_up: bool = False,
+    ) -> Subscription:
+        """A subscription to ``channels``; it starts receiving once opened with ``async with``.
+
+        Its backlog holds at most ``max_queue`` events and ``max_bytes`` (default: the broker's) bytes of
+        them; beyond, it ends with ``FellBehind``, or with ``catch_up`` yields ``Missed`` in their place.
+        """
+        return Subscription(self, channels, max_queue, max_bytes or self.max_bytes, catch_up=catch_up)
 
     async def __aenter__(self) -> Broker:
         await self.start()
@@ -155,10 +170,10 @@ class Broker(abc.ABC):
     def _channels_removed(self, channels: list[str]) -> None:  # noqa: B027 - optional hook
         """Hook: these channels lost their last local subscriber."""
 
-    def _fan_out(self, channel: str, payload: dict[str, Any]) -> None:
+    def _fan_out(self, channel: str, payload: dict[str, Any], size: int) -> None:
         holders = self._subs.get(channel)
         if not holders:
             return
-        event = Event(channel, payload)
+        event = Event(channel, payload, size)
         for sub in tuple(holders):  # a subscriber that falls behind leaves the set meanwhile
             sub._push(event)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["PREFIX", "project", "roles", "session", "task", "task_control", "task_logs", "user"]
+__all__ = ["PREFIX", "project", "roles", "session", "task", "task_control", "task_logs", "user", "webhooks"]
 
 PREFIX = "aicm:"
 
@@ -36,6 +36,11 @@ def task_logs(task_id: int) -> str:
 def task_control() -> str:
     """Requests for whichever process runs a task (cancel), heard by every executor."""
     return f"{PREFIX}tasks:control"
+
+
+def webhooks() -> str:
+    """Webhook jobs were queued: every webhook sender wakes up."""
+    return f"{PREFIX}webhooks"
 
 
 def user(user_id: int) -> str:

@@ -25,12 +25,17 @@ class ProjectEventType(StrEnum):
     MEMBER_REMOVED = "MEMBER_REMOVED"
     TASK_CREATED = "TASK_CREATED"
     TASK_UPDATED = "TASK_UPDATED"
+    APPROVAL_REQUESTED = "APPROVAL_REQUESTED"
+    APPROVAL_DECIDED = "APPROVAL_DECIDED"
 
 
 # Events after which a subscriber's access to the project must be checked again.
 ACCESS_CHANGING = frozenset(
     {ProjectEventType.PROJECT_DELETED, ProjectEventType.MEMBER_UPDATED, ProjectEventType.MEMBER_REMOVED}
 )
+
+
+APPROVAL_EVENTS = frozenset({ProjectEventType.APPROVAL_REQUESTED, ProjectEventType.APPROVAL_DECIDED})
 
 
 def _now() -> str:
@@ -62,6 +67,21 @@ def task_event(kind: ProjectEventType, task: models.Task, actor_id: int | None) 
         "project_id": task.project_id,  # type: ignore[attr-defined]
         "task_id": task.id,
         "status": str(task.status),
+        "actor_id": actor_id,
+        "at": _now(),
+    }
+
+
+def approval_event(
+    kind: ProjectEventType, request: models.ApprovalRequest, project_id: int, actor_id: int | None
+) -> dict[str, Any]:
+    """APPROVAL_REQUESTED / APPROVAL_DECIDED, on the project channel and the task channel."""
+    return {
+        "type": kind,
+        "project_id": project_id,
+        "task_id": request.task_id,  # type: ignore[attr-defined]
+        "approval_id": request.id,
+        "status": str(request.status),
         "actor_id": actor_id,
         "at": _now(),
     }

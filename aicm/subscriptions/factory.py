@@ -16,5 +16,10 @@ def make_broker(settings: Settings, *, client: Redis | None = None) -> Broker:
     """Redis when ``redis`` is configured, else in process. Not started yet: ``await broker.start()``."""
     if settings.redis.enabled:
         assert settings.redis.dsn is not None
-        return RedisBroker(settings.redis.dsn, client=client, max_connections=settings.redis.pool_size)
-    return InProcessBroker()
+        return RedisBroker(
+            settings.redis.dsn,
+            client=client,
+            max_connections=settings.redis.pool_size,
+            max_bytes=settings.graphql.subscription_backlog_bytes,
+        )
+    return InProcessBroker(max_bytes=settings.graphql.subscription_backlog_bytes)

@@ -24,4 +24,4 @@ class InProcessBroker(Broker):
         self._check_running()
         data = encode(payload)
         if channel in self._subs:
-            self._fan_out(channel, json.loads(data))
+            self._fan_out(channel, json.loads(data), len(data))

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aicm.metrics import BROKER_RECONNECTS
-from aicm.subscriptions.broker import Broker, PublishError, encode
+from aicm.subscriptions.broker import DEFAULT_MAX_BYTES, Broker, PublishError, encode
 from aicm.subscriptions.subscription import Missed, Subscription
 
 __all__ = ["RedisBroker"]
@@ -51,13 +51,14 @@ class RedisBroker(Broker):
         client: Redis | None = None,
         client_name: str = "aicm-broker",
         max_connections: int = 10,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         connect_timeout: float = 5.0,
         subscribe_timeout: float = 5.0,
         ping_interval: float = 10.0,
     ) -> None:
-        super().__init__()
+        super().__init__(max_bytes=max_bytes)
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("backoff needs 0 < backoff_initial <= backoff_max")
         self.client_name = client_name
@@ -335,7 +336,7 @@ class RedisBroker(Broker):
         if not isinstance(payload, dict):
             log.warning("ignored a malformed event", extra={"event": "broker_bad_event", "channel": channel})
             return
-        self._fan_out(channel, payload)
+        self._fan_out(channel, payload, len(data))
 
     def _on_confirmed(self, channel: str) -> None:
         seq = self._seq.get(channel)

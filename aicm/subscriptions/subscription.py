@@ -1,9 +1,12 @@
 """A subscriber's live view of one or more channels, and the items it yields.
 
 A subscription is opened on a broker (``broker.subscribe(channels)``) and yields ``Event`` and ``Missed``
-items from a bounded queue. One that falls ``max_queue`` events behind is ended: its queue is dropped and
-its iterator raises ``FellBehind``. Nothing else holds events, so memory stays bounded by subscribers x
-max_queue.
+items from a queue bounded in events (``max_queue``) and in bytes (``max_bytes``, the events' encoded size).
+One that falls further behind either is ended (its queue is dropped and its iterator raises ``FellBehind``)
+or, opened with ``catch_up=True`` (streams whose events are also in storage: task logs), has its queue
+dropped and replaced by one ``Missed`` marker, after which the consumer reads what it lost from storage.
+Publishing never waits for a subscriber, and nothing else holds events, so memory stays bounded by
+subscribers x max_bytes (plus one event: an event arriving at an empty queue is always taken).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +24,7 @@ from aicm.metrics import EVENTS_DELIVERED, EVENTS_DROPPED
 if TYPE_CHECKING:
     from aicm.subscriptions.broker import Broker
 
-__all__ = ["Event", "FellBehind", "Missed", "Subscription"]
+__all__ = ["FELL_BEHIND", "Event", "FellBehind", "Missed", "Subscription"]
 
 log = logging.getLogger("aicm.broker")
 
@@ -32,6 +35,7 @@ class Event:
 
     channel: str
     payload: dict[str, Any]
+    size: int = field(default=0, compare=False)  # bytes of the encoded payload, for the backlog bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +48,16 @@ class Missed:
 class FellBehind(Exception):
     """Raised by a subscription's iterator once its queue overflowed; the subscription is over."""
 
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, max_bytes: int) -> None:
         super().__init__(
-            f"subscriber fell behind: more than {max_queue} events were waiting, so the subscription ended"
+            f"subscriber fell behind: more than {max_queue} events or {max_bytes} bytes were waiting, "
+            "so the subscription ended"
         )
         self.max_queue = max_queue
+        self.max_bytes = max_bytes
+
+
+FELL_BEHIND = "the subscriber fell behind: events were dropped, read them from storage"
 
 
 _OPEN, _NEW, _CLOSED = "open", "new", "closed"
@@ -57,11 +66,20 @@ _OPEN, _NEW, _CLOSED = "open", "new", "closed"
 class Subscription:
     """A live view of one or more channels: an async context manager and an async iterator.
 
-    Yields ``Event`` and ``Missed`` items; ends with ``FellBehind`` when its queue overflows, and simply stops
-    when it is closed (``aclose()``, leaving the context, or the broker closing).
+    Yields ``Event`` and ``Missed`` items; when its queue overflows it ends with ``FellBehind``, or with
+    ``catch_up`` yields ``Missed(FELL_BEHIND)`` instead of what was dropped; it simply stops when it is closed
+    (``aclose()``, leaving the context, or the broker closing).
     """
 
-    def __init__(self, broker: Broker, channels: Sequence[str], max_queue: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        channels: Sequence[str],
+        max_queue: int,
+        max_bytes: int,
+        *,
+        catch_up: bool = False,
+    ) -> None:
         if isinstance(channels, str):
             raise TypeError("channels must be a sequence of channel names, not one string")
         names = tuple(dict.fromkeys(channels))
@@ -69,8 +87,13 @@ class Subscription:
             raise ValueError("subscribe needs at least one non-empty channel name")
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
         self.channels = names
         self.max_queue = max_queue
+        self.max_bytes = max_bytes
+        self.catch_up = catch_up
+        self.pending_bytes = 0  # encoded size of the queued events
         self._broker = broker
         self._queue: deque[Event | Missed] = deque()
         self._wakeup = asyncio.Event()
@@ -116,6 +139,7 @@ class Subscription:
             if self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, Event):
+                    self.pending_bytes -= item.size
                     self._broker.stats.delivered += 1
                     EVENTS_DELIVERED.inc()
                 return item
@@ -137,19 +161,36 @@ class Subscription:
             return
         if isinstance(item, Missed) and self._queue and isinstance(self._queue[-1], Missed):
             return  # one marker says it all
-        if len(self._queue) >= self.max_queue:
-            lost = sum(isinstance(queued, Event) for queued in (*self._queue, item))
-            self._broker.stats.dropped += lost
-            EVENTS_DROPPED.inc(lost)
-            self._failure = FellBehind(self.max_queue)
-            log.warning(
-                "subscriber fell behind",
-                extra={"event": "subscriber_fell_behind", "channels": list(self.channels), "dropped": lost},
-            )
-            self._end()
+        size = item.size if isinstance(item, Event) else 0
+        if self._queue and (len(self._queue) >= self.max_queue or self.pending_bytes + size > self.max_bytes):
+            self._overflow(item)
             return
         self._queue.append(item)
+        self.pending_bytes += size
         self._wakeup.set()
+
+    def _overflow(self, item: Event | Missed) -> None:
+        """Drop the backlog: end the subscription, or (``catch_up``) leave one marker in its place."""
+        lost = sum(isinstance(queued, Event) for queued in (*self._queue, item))
+        self._broker.stats.dropped += lost
+        EVENTS_DROPPED.inc(lost)
+        log.warning(
+            "subscriber fell behind",
+            extra={
+                "event": "subscriber_fell_behind",
+                "channels": list(self.channels),
+                "dropped": lost,
+                "catch_up": self.catch_up,
+            },
+        )
+        self._queue.clear()
+        self.pending_bytes = 0
+        if self.catch_up:
+            self._queue.append(Missed(FELL_BEHIND))
+            self._wakeup.set()
+            return
+        self._failure = FellBehind(self.max_queue, self.max_bytes)
+        self._end()
 
     def _end(self) -> None:
         if self._state == _CLOSED:
@@ -157,6 +198,7 @@ class Subscription:
         was_open = self._state == _OPEN
         self._state = _CLOSED
         self._queue.clear()
+        self.pending_bytes = 0
         self._confirmed.set()
         self._wakeup.set()
         if was_open:

@@ -46,6 +46,7 @@ MEMBERS_READING_ALL = frozenset({"owner", "maintainer", "developer", "viewer"})
 PROJECT_READERS = MEMBERS_READING_ALL | {"admin", "auditor", "project_reader"}
 TASK_READERS = MEMBERS_READING_ALL | {"admin", "auditor", "task_reader"}
 BOTH = PROJECT_READERS & TASK_READERS
+WEBHOOK_MANAGERS = frozenset({"admin", "owner", "maintainer"})
 
 
 def outcome(seen: frozenset[str], rest: str, **special: str) -> dict[str, str]:
@@ -114,6 +115,27 @@ QUERIES = [
     Row("user", "query($user: ID!) { user(id: $user) { email } }", "user.email",
         outcome(PROJECT_READERS, HIDDEN)),
     Row("me", "{ me { email } }", "me.email", outcome(frozenset(ACTORS), HIDDEN)),
+    Row("task.approvals", "query($task: ID!) { task(id: $task) { approvals { toolName } } }",
+        "task.approvals.toolName", outcome(TASK_READERS, HIDDEN)),
+    Row("task.approvals.task", "query($task: ID!) { task(id: $task) { approvals { task { prompt } } } }",
+        "task.approvals.task.prompt", outcome(TASK_READERS, HIDDEN)),
+    Row("task.approvals.decidedBy",
+        "query($task: ID!) { task(id: $task) { approvals { decidedBy { email } } } }",
+        "task.approvals.decidedBy.email", outcome(BOTH, HIDDEN, task_reader=NULL)),
+    Row("approvalRequests",
+        "query($project: ID!) { approvalRequests(projectId: $project) { edges { node { toolName } } } }",
+        "approvalRequests.edges.node.toolName", outcome(BOTH, HIDDEN, project_reader=FORBID)),
+    Row("approvalRequests.task.createdBy",
+        "query($project: ID!) { approvalRequests(projectId: $project) { edges { node { task { createdBy { email } } } } } }",
+        "approvalRequests.edges.node.task.createdBy.email", outcome(BOTH, HIDDEN, project_reader=FORBID)),
+    Row("project.webhooks", "query($project: ID!) { project(id: $project) { webhooks { url } } }",
+        "project.webhooks.url", outcome(WEBHOOK_MANAGERS, EMPTY, outsider=HIDDEN, task_reader=HIDDEN)),
+    Row("project.webhooks.deliveries",
+        "query($project: ID!) { project(id: $project) { webhooks { deliveries { status } } } }",
+        "project.webhooks.deliveries.status",
+        outcome(WEBHOOK_MANAGERS, EMPTY, outsider=HIDDEN, task_reader=HIDDEN)),
+    Row("projects.webhooks", "{ projects { edges { node { webhooks { url } } } } }",
+        "projects.edges.node.webhooks.url", outcome(WEBHOOK_MANAGERS, EMPTY)),
     Row("viewer.user", "{ viewer { user { email } } }", "viewer.user.email", outcome(frozenset(ACTORS), HIDDEN)),
     Row("auditLog.actor", "{ auditLog { edges { node { actor { email } } } } }",
         "auditLog.edges.node.actor.email", outcome(frozenset({"admin", "auditor"}), FORBID)),
@@ -141,6 +163,18 @@ SUBSCRIPTIONS = [
     Row("projectEvents.project.members.user",
         "subscription($project: ID!) { projectEvents(projectId: $project) { project { members { user { email } } } } }",
         "projectEvents.project.members.user.email", outcome(PROJECT_READERS, HIDDEN), ProjectEventType.PROJECT_UPDATED),
+    Row("projectEvents.approval",
+        "subscription($project: ID!) { projectEvents(projectId: $project) { approval { toolName } } }",
+        "projectEvents.approval.toolName", outcome(BOTH, HIDDEN, project_reader=NULL),
+        ProjectEventType.APPROVAL_REQUESTED),
+    Row("approvalRequests",
+        "subscription($project: ID!) { approvalRequests(projectId: $project) { toolName } }",
+        "approvalRequests.toolName", outcome(BOTH, HIDDEN, project_reader=FORBID),
+        ProjectEventType.APPROVAL_REQUESTED),
+    Row("approvalRequests.task.createdBy",
+        "subscription($project: ID!) { approvalRequests(projectId: $project) { task { createdBy { email } } } }",
+        "approvalRequests.task.createdBy.email", outcome(BOTH, HIDDEN, project_reader=FORBID),
+        ProjectEventType.APPROVAL_REQUESTED),
     Row("taskUpdates", "subscription($task: ID!) { taskUpdates(taskId: $task) { prompt } }",
         "taskUpdates.prompt", outcome(TASK_READERS, HIDDEN)),
     Row("taskUpdates.project", "subscription($task: ID!) { taskUpdates(taskId: $task) { project { name } } }",
@@ -152,6 +186,9 @@ SUBSCRIPTIONS = [
         "taskUpdates.logs.text", outcome(TASK_READERS, HIDDEN)),
     Row("taskLogs", "subscription($task: ID!) { taskLogs(taskId: $task) { text } }", "taskLogs.text",
         outcome(TASK_READERS, HIDDEN)),
+    Row("taskLogBatches",
+        "subscription($task: ID!) { taskLogBatches(taskId: $task) { lines { text } } }",
+        "taskLogBatches.lines.text", outcome(TASK_READERS, HIDDEN)),
 ]  # fmt: skip
 
 
@@ -205,6 +242,20 @@ async def build_world() -> World:
     await models.AuditLog.create(
         actor=users["developer"], action="task.create", target_type="Task", target_id=str(task.id)
     )
+    await models.ApprovalRequest.create(
+        task=task,
+        tool_name="Bash",
+        input={"command": "make test"},
+        input_key="k",
+        status=models.ApprovalStatus.ALLOWED,
+        expires_at=datetime.now(UTC),
+        decided_by=users["maintainer"],
+        decided_at=datetime.now(UTC),
+    )
+    hook = await models.Webhook.create(
+        project=project, url="http://127.0.0.1:9/h", events=["TASK_FINISHED"], secret="x"
+    )
+    await models.WebhookDelivery.create(webhook=hook, event="TASK_FINISHED", status=200)
     return World(users, project, task)
 
 
@@ -253,6 +304,9 @@ async def _publish(app: Starlette, world: World, kind: str) -> None:
     owner, project = world.users["owner"], world.project
     if kind == ProjectEventType.TASK_UPDATED:
         payload = events.task_event(kind, world.task, owner.id)
+    elif kind == ProjectEventType.APPROVAL_REQUESTED:
+        request = await models.ApprovalRequest.get(task_id=world.task.id)
+        payload = events.approval_event(kind, request, project.id, None)
     elif kind == ProjectEventType.MEMBER_ADDED:
         member = await models.ProjectMember.get(project=project, user=world.users["viewer"])
         payload = events.member_event(kind, project, member, Viewer(user=owner))

@@ -24,8 +24,16 @@ DEMO_TEMPLATE = [PY, "-m", "aicm.runner.demo_agent", *DEFAULT_RUNNER_COMMAND[1:]
 LIMIT = 20.0  # seconds: no single test may wait longer than this for anything
 
 
+CLAUDE_CONFIG = ""  # set per test: the demo agent keeps its session files there, not in ~/.claude
+
+
+@pytest.fixture(autouse=True)
+def claude_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CLAUDE_CONFIG", str(tmp_path / "claude"))
+
+
 def agent_env(**extra: str) -> dict[str, str]:
-    return scrubbed_env(os.environ, {"AICM_DEMO_DELAY": "0", **extra})
+    return scrubbed_env(os.environ, {"AICM_DEMO_DELAY": "0", "CLAUDE_CONFIG_DIR": CLAUDE_CONFIG, **extra})
 
 
 def program(tmp_path: Path, source: str) -> list[str]:

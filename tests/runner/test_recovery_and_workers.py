@@ -74,7 +74,8 @@ def start_worker(tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
             {
                 "runner": {
                     "command": DEMO_AGENT,
-                    "env": {"AICM_DEMO_DELAY": "0"},
+                    "agent_cli": "generic",  # no approvals to wait for (tests/runner/test_approvals.py)
+                    "env": {"AICM_DEMO_DELAY": "0", "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
                     "max_concurrent": 1,
                     "workspace_root": str(tmp_path / "workspaces"),
                 },

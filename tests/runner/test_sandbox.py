@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from aicm.runner.command import scrubbed_env
+from aicm.runner.isolation import sqlite_path
 from aicm.runner.limits import Limits, RunCgroup, enforcement, limit_from_exit
 from aicm.runner.process import AgentProcess, RunOutcome
 from aicm.runner.sandbox import SandboxSpec, SandboxUnavailable, detect, wrap
@@ -283,6 +284,13 @@ def test_bubblewrap_mode_fails_clearly_when_it_cannot_run() -> None:
     fallback = detect("auto", bwrap="aicm-no-such-bwrap")
     assert not fallback.active and "not installed" in fallback.reason
     assert detect("none").reason == "runner.sandbox is none"
+
+
+def test_the_sqlite_file_of_a_database_url_is_found_wherever_it_lies(tmp_path: Path) -> None:
+    assert sqlite_path(f"sqlite://{tmp_path}/db/aicm.db?journal_mode=wal") == tmp_path / "db" / "aicm.db"
+    assert sqlite_path("sqlite://./aicm.db") == Path.cwd() / "aicm.db"
+    assert sqlite_path("sqlite://:memory:") is None
+    assert sqlite_path("postgres://u@db:5432/aicm") is None
 
 
 def test_the_deepest_rule_wins(layout: Layout) -> None:

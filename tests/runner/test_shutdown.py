@@ -34,7 +34,8 @@ def start_worker(tmp_path: Path, name: str, *, grace: str, delay: str = "0") -> 
             {
                 "runner": {
                     "command": DEMO_AGENT,
-                    "env": {"AICM_DEMO_DELAY": delay},
+                    "agent_cli": "generic",  # no approvals to wait for (tests/runner/test_approvals.py)
+                    "env": {"AICM_DEMO_DELAY": delay, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
                     "max_concurrent": 1,
                     "workspace_root": str(tmp_path / "workspaces"),
                     "shutdown_grace": grace,
@@ -203,7 +204,8 @@ async def test_serve_drains_its_embedded_executor_on_sigterm(
     project = await make_project(owner)
     task = await models.Task.create(project=project, created_by=owner, prompt=prompt)
     config = tmp_path / "serve.yaml"
-    runner = {"command": DEMO_AGENT, "env": {"AICM_DEMO_DELAY": "0"}, "shutdown_grace": grace}
+    demo_env = {"AICM_DEMO_DELAY": "0", "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")}
+    runner = {"command": DEMO_AGENT, "agent_cli": "generic", "env": demo_env, "shutdown_grace": grace}
     config.write_text(yaml.safe_dump({"runner": runner | {"workspace_root": str(tmp_path / "w")}}))
     env = clean_env(DATABASE_URL=database_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test")
     server = start_serve(tmp_path, config, env)

@@ -4,6 +4,7 @@ budget refuses new tasks (FORBIDDEN, reason BUDGET_EXCEEDED) once this month's t
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
@@ -30,9 +31,24 @@ COSTS = "query($p: ID!) { project(id: $p) { monthlyBudgetUsd monthCostUsd } }"
 PROJECTS = "{ projects { edges { node { monthCostUsd } } } }"
 
 
+@pytest.fixture(autouse=True)
+def claude_flags(app: Starlette) -> Iterator[None]:
+    """The runner passes Claude Code's flags (tests/conftest.py turns them off for everything else)."""
+    runner = app.state.runtime.settings.runner
+    saved, runner.agent_cli = runner.agent_cli, "claude"
+    yield
+    runner.agent_cli = saved
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    """The value after ``name`` in ``argv``."""
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
 async def world(app: Starlette):
     owner, maintainer, dev = await make_user(), await make_user(), await make_user()
-    project = await make_project(owner, "Budgeted")
+    # BYPASS: no tool approvals to wait for (those are tests/runner/test_approvals.py's)
+    project = await make_project(owner, "Budgeted", agent_permission_mode=models.AgentPermissionMode.BYPASS)
     await add_member(project, maintainer, MAINTAINER)
     await add_member(project, dev, DEVELOPER)
     return project, await token_for(app, maintainer), await token_for(app, dev)
@@ -144,8 +160,8 @@ async def test_max_budget_reaches_the_cli_argv_and_a_follow_up_keeps_it(
         )
     finally:
         runner.command = command
-    assert (await _argv(first.id))[-2:] == ["--max-budget-usd", "0.25"]
-    assert second.max_budget_usd == 0.25 and (await _argv(second.id))[-2:] == ["--max-budget-usd", "0.25"]
+    assert flag(await _argv(first.id), "--max-budget-usd") == "0.25"
+    assert second.max_budget_usd == 0.25 and flag(await _argv(second.id), "--max-budget-usd") == "0.25"
     assert "--max-budget-usd" not in await _argv(uncapped.id)
 
 

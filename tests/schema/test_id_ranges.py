@@ -128,6 +128,32 @@ ROWS = [
         {"p": "Project"},
     ),
     Row("Mutation.cancelTask", "mutation($id: ID!) { cancelTask(id: $id) { id } }", {"id": "Task"}),
+    Row(
+        "Mutation.decideApproval",
+        "mutation($id: ID!) { decideApproval(id: $id, input: {allow: true}) { id } }",
+        {"id": "ApprovalRequest"},
+    ),
+    Row(
+        "Query.approvalRequests",
+        "query($p: ID!) { approvalRequests(projectId: $p) { totalCount } }",
+        {"p": "Project"},
+    ),
+    Row(
+        "Mutation.addProjectWebhook",
+        'mutation($p: ID!) { addProjectWebhook(projectId: $p, input: {url: "http://127.0.0.1:9/h",'
+        ' events: [TASK_FINISHED], secret: "long-enough-secret"}) { id } }',
+        {"p": "Project"},
+    ),
+    Row(
+        "Mutation.setProjectAgentCredential",
+        'mutation($p: ID!) { setProjectAgentCredential(projectId: $p, input: {provider: "anthropic"}) { id } }',
+        {"p": "Project"},
+    ),
+    Row(
+        "Mutation.removeProjectWebhook",
+        "mutation($id: ID!) { removeProjectWebhook(id: $id) }",
+        {"id": "Webhook"},
+    ),
     Row("Mutation.pushTask", "mutation($id: ID!) { pushTask(id: $id) { id } }", {"id": "Task"}),
     Row(
         "Mutation.mergeTask",
@@ -165,9 +191,17 @@ SUBSCRIPTIONS = {
         "subscription($id: ID!) { projectEvents(projectId: $id) { type } }",
         "Project",
     ),
+    "Subscription.approvalRequests": (
+        "subscription($id: ID!) { approvalRequests(projectId: $id) { id } }",
+        "Project",
+    ),
     "Subscription.taskUpdates": ("subscription($id: ID!) { taskUpdates(taskId: $id) { id } }", "Task"),
     "Subscription.taskLogs": (
         "subscription($id: ID!) { taskLogs(taskId: $id, afterSeq: 0) { seq } }",
+        "Task",
+    ),
+    "Subscription.taskLogBatches": (
+        "subscription($id: ID!) { taskLogBatches(taskId: $id, afterSeq: 0) { lastSeq } }",
         "Task",
     ),
 }

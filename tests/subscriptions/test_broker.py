@@ -185,6 +185,33 @@ async def test_slow_consumer_falls_behind_and_its_queue_stays_bounded(broker: Br
         assert await next_item(fast) == Event(channel, {"n": 20})
 
 
+async def test_backlogs_are_bounded_in_bytes_and_a_catch_up_subscriber_hears_missed(
+    broker: Broker, prefix: str
+) -> None:
+    # given three subscribers with room for about 2 KiB of events: one ends, one catches up, one reads
+    channel, text = prefix + "big", "x" * 1000
+    async with (
+        broker.subscribe([channel], max_bytes=2100) as ending,
+        broker.subscribe([channel], max_bytes=2100, catch_up=True) as catching_up,
+        broker.subscribe([channel]) as reading,
+    ):
+        # when five 1 KiB events arrive before either of the first two reads
+        for n in range(5):
+            await broker.publish(channel, {"n": n, "text": text})
+            assert ending.pending_bytes <= 2100 and catching_up.pending_bytes <= 2100
+        # then the first ends with FellBehind, the second hears Missed in place of what was dropped
+        with pytest.raises(FellBehind, match="2100 bytes"):
+            await next_item(ending)
+        items = [await next_item(catching_up) for _ in range(3)]  # 0, 1 queued; 2 did not fit: all dropped
+        assert isinstance(items[0], Missed) and "fell behind" in items[0].reason
+        assert [item.payload["n"] for item in items[1:] if isinstance(item, Event)] == [3, 4]
+        assert catching_up.pending_bytes == 0
+        # and the reader that kept up got all five; a single event larger than the bound still passes
+        assert [(await next_item(reading)).payload["n"] for _ in range(5)] == list(range(5))
+        await broker.publish(channel, {"n": 5, "text": text * 3})
+        assert (await next_item(catching_up)).payload["n"] == 5
+
+
 async def test_a_thousand_subscriptions_all_receive_over_one_connection(
     broker: Broker, inspector: Redis | None, prefix: str
 ) -> None:

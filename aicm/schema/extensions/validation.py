@@ -14,11 +14,11 @@ from typing import Any
 
 from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, validate
 from strawberry.extensions import SchemaExtension
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from aicm.schema.extensions._reject import rejected
+from aicm.schema.rendering import SharedRenderingContext
 
 __all__ = ["CachedValidation", "QuietExecutionContext"]
 
@@ -54,8 +54,8 @@ class CachedValidation(SchemaExtension):
         yield
 
 
-class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    """Strawberry's execution context, building every execution with ``hide_suggestions``."""
+class QuietExecutionContext(SharedRenderingContext):
+    """The shared-rendering execution context, building every execution with ``hide_suggestions``."""
 
     @classmethod
     def build(cls, *args: Any, **kwargs: Any) -> Any:
