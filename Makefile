@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help run test test-integration test-performance bench lint build migrate config-validate env-check \
-	backup security-check clean
+	backup security-check web clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ build: $(STAMP)
 	install -d bin
 	install -m 0755 deploy/bin/aicli-api bin/aicli-api
 	@echo "built: $$(ls $(DIST)); run ./bin/aicli-api --version"
+
+## web: rebuild the web console and GraphiQL (web/, needs Node 20+) into aicm/web/static/, which ships built
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 ## migrate: apply pending migrations to the configured database (CONFIG=... picks the file)
 migrate: $(STAMP)

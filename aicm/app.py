@@ -18,7 +18,7 @@ from aicm.auth.session_stores import make_session_store
 from aicm.auth.tokens import TokenService
 from aicm.config import Settings, load_settings
 from aicm.db import tortoise_config
-from aicm.http import health, metrics, oauth
+from aicm.http import console, health, metrics, oauth
 from aicm.http.graphql import GraphQLApp
 from aicm.http.middleware.access_log import AccessLogMiddleware
 from aicm.http.middleware.client_ip import ClientIPMiddleware
@@ -84,6 +84,7 @@ def build_app(settings: Settings) -> Starlette:
     graphql = GraphQLApp(settings)
     routes += [Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql)]
     routes += oauth.routes(settings)
+    routes += console.routes(settings)
     if settings.monitoring.metrics.enabled:
         routes.append(metrics.metrics_route(settings.monitoring.metrics))
     middleware = [

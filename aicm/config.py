@@ -292,6 +292,11 @@ class GraphQLConfig:
 
 
 @dataclass
+class WebConfig:
+    enabled: bool = True  # the web console at / (CONTRACT §12)
+
+
+@dataclass
 class Settings:
     app: AppConfig = field(default_factory=AppConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -305,6 +310,7 @@ class Settings:
     auth: AuthConfig = field(default_factory=AuthConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     graphql: GraphQLConfig = field(default_factory=GraphQLConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     config_path: Path | None = None  # the file it was loaded from, if any
 

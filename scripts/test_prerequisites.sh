@@ -19,6 +19,7 @@ need psql postgresql-client "backup and restore of PostgreSQL"
 need sqlite3 sqlite3 "backup and restore of the embedded database"
 need nginx nginx "nginx -t and a proxied server on deploy/nginx/nginx.conf"
 need promtool prometheus "promtool checks of deploy/prometheus/alerts.yml"
+[[ -x "${AICM_CHROMIUM:-/usr/bin/chromium}" ]] || missing+=("chromium (apt-get install chromium: the web console's browser tests, tests/web)")
 
 ((${#missing[@]})) || exit 0
 if [[ "${AICM_REQUIRE_SERVICES:-}" == 1 ]]; then

@@ -1,5 +1,5 @@
-"""The built wheel is a working installation: it carries the migrations, so ``migrate`` then ``serve`` work
-from it alone, and ``migrate`` fails loudly when the migrations are missing.
+"""The built wheel is a working installation: it carries the migrations and the web console's build, so
+``migrate`` then ``serve`` work from it alone, and ``migrate`` fails loudly when the migrations are missing.
 
 The wheel is built from a copy of the sources (a clean tree: no stale ``build/``), installed without its
 dependencies into a fresh virtualenv; the dependencies come from this interpreter's site-packages through
@@ -8,6 +8,7 @@ dependencies into a fresh virtualenv; the dependencies come from this interprete
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,13 @@ def test_the_wheel_migrates_and_serves_on_its_own(installed: Path, tmp_path: Pat
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "healthy"
         assert answer.json()["services"]["database"] == "healthy"
+        # the web console and GraphiQL come from the wheel's own built files (no Node, no CDN)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert page.status_code == 200 and 'name="aicm-config"' in page.text
+        for asset in re.findall(r'(?:src|href)="(/assets/[^"]+)"', page.text):
+            assert httpx.get(f"http://127.0.0.1:{port}{asset}", timeout=5).status_code == 200, asset
+        graphiql = httpx.get(f"http://127.0.0.1:{port}/graphql", headers={"Accept": "text/html"}, timeout=5)
+        assert graphiql.status_code == 200 and "/assets/graphiql-" in graphiql.text
     finally:
         server.terminate()
         server.wait(timeout=15)

@@ -37,8 +37,8 @@ from aicm.auth.tokens import bearer_token
 from aicm.auth.viewer import Viewer
 from aicm.config import Settings
 from aicm.errors import AppError, BadUserInput, Forbidden, NotFound, Unauthenticated
+from aicm.http.console import GraphiQLPage
 from aicm.http.errors import error_item, error_response
-from aicm.http.graphiql import GraphiQLPage
 from aicm.http.persisted_queries import PersistedQueries
 from aicm.http.refresh_cookie import RefreshCookie
 from aicm.http.websocket import CappedWebSocketAdapter, LegacyWSHandler, TransportWSHandler
@@ -166,7 +166,7 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         assert self.graphiql is not None
-        return self.graphiql.response(request.headers.get("host"))
+        return self.graphiql.response(request)
 
     async def execute_single(  # type: ignore[override]
         self,

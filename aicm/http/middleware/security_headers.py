@@ -2,7 +2,7 @@
 
 Every response gets ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
 ``Referrer-Policy: no-referrer``, ``Cross-Origin-Opener-Policy: same-origin`` and, unless the endpoint set
-its own (GraphiQL sets a nonce-based one), the strict API ``Content-Security-Policy``.
+its own (the console's and GraphiQL's pages set ``page_csp``), the strict API ``Content-Security-Policy``.
 ``Strict-Transport-Security`` is added when ``security.hsts.enabled`` (deployments reached over TLS).
 """
 
@@ -17,24 +17,25 @@ if TYPE_CHECKING:
 
     from aicm.config import HSTSConfig, Settings
 
-__all__ = ["API_CSP", "SecurityHeadersMiddleware", "cors_options", "graphiql_csp", "hsts_value"]
+__all__ = ["API_CSP", "SecurityHeadersMiddleware", "cors_options", "hsts_value", "page_csp"]
 
 # JSON responses never need to load, frame or submit anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
-def graphiql_csp(nonce: str, host: str | None = None) -> str:
-    """GraphiQL's page: only its own nonce'd inline scripts and the pinned CDN scripts (SRI-checked) run.
+def page_csp(host: str | None = None) -> str:
+    """The web console's and GraphiQL's pages (``aicm.http.console``): scripts, styles and fonts only from
+    this server (no inline script), requests only to it (HTTP and its WebSocket).
 
-    Styles stay ``'unsafe-inline'``: React and CodeMirror set style attributes, which nonces cannot allow.
+    Styles allow ``'unsafe-inline'``: GraphiQL's editor sets style attributes, which CSP cannot hash.
     """
     sockets = f" ws://{host} wss://{host}" if host else ""
     return "; ".join(
         [
             "default-src 'none'",
-            f"script-src 'nonce-{nonce}' https://unpkg.com",
-            "style-src 'self' 'unsafe-inline' https://unpkg.com https://fonts.googleapis.com",
-            "font-src 'self' data: https://unpkg.com https://fonts.gstatic.com",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
             "img-src 'self' data:",
             f"connect-src 'self'{sockets}",
             "frame-ancestors 'none'",
