@@ -8,7 +8,6 @@ that goes through transparent refreshes, and the server closes followers' WebSoc
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
@@ -24,7 +23,6 @@ import httpx
 import pytest
 import yaml
 
-from aicm.config import RunnerConfig
 from tests.conftest import DEMO_AGENT, EMBEDDED, SERVICES, require_services
 from tests.servers import TEST_JWT_SECRET, clean_env, serve
 
@@ -76,11 +74,9 @@ class Server:
         return data["login"]["accessToken"]
 
 
-# Servers with tool approvals (CONTRACT §10) pass Claude Code's flags to the agent unless runner.agent_cli is
-# generic; then the demo agent asks before its edit. Only the approvals tests want that.
-_RUNNER_KEYS = {field.name for field in dataclasses.fields(RunnerConfig)}
-HAS_APPROVALS = "approval_timeout" in _RUNNER_KEYS
-PLAIN_AGENT = {"agent_cli": "generic"} if "agent_cli" in _RUNNER_KEYS else {}
+# The server passes Claude Code's flags to the agent unless runner.agent_cli is generic; then the demo agent
+# asks before its edit (CONTRACT §10). Only the approvals tests want that.
+PLAIN_AGENT = {"agent_cli": "generic"}
 
 
 @contextlib.contextmanager
@@ -94,7 +90,8 @@ def start_server(tmp: Path, backend: str, **runner: Any) -> Iterator[Server]:
         "jwt": {"access_token_duration": f"{ACCESS_TOKEN_SECONDS}s"},
         "runner": {
             "command": DEMO_AGENT,
-            "env": {"AICM_DEMO_DELAY": "0.01"},
+            # CLAUDE_CONFIG_DIR: where an unsandboxed demo agent keeps its session files
+            "env": {"AICM_DEMO_DELAY": "0.01", "CLAUDE_CONFIG_DIR": str(tmp / "claude")},
             "workspace_root": str(tmp / "ws"),
             **runner,
         },

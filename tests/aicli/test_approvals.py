@@ -13,11 +13,9 @@ from typing import IO
 
 import pytest
 
-from tests.aicli.conftest import AICLI, HAS_APPROVALS, PASSWORD, Aicli, Server, start_server
+from tests.aicli.conftest import AICLI, PASSWORD, Aicli, Server, start_server
 from tests.aicli.terminal import Terminal
 from tests.conftest import EMBEDDED, SERVICES
-
-pytestmark = pytest.mark.skipif(not HAS_APPROVALS, reason="the server has no tool approvals (CONTRACT §10)")
 
 
 @pytest.fixture(scope="module", params=[EMBEDDED, SERVICES])

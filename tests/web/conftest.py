@@ -91,7 +91,8 @@ def running_server(tmp: Path, extra_config: str = "", *, agent_cli: str = "gener
     config.write_text(
         "security:\n  refresh_cookie: {enabled: true, secure: false}\n"
         f"runner:\n  command: [{command}]\n  sandbox: none\n  agent_cli: {agent_cli}\n"
-        "  env: {AICM_DEMO_DELAY: '0.15'}\n"
+        # CLAUDE_CONFIG_DIR: where the unsandboxed demo agent keeps its session files (not ~/.claude)
+        f"  env: {{AICM_DEMO_DELAY: '0.15', CLAUDE_CONFIG_DIR: '{tmp / 'claude'}'}}\n"
         "oauth:\n  github: {client_id: web-test-client, client_secret: web-test-secret}\n" + extra_config
     )
     env = clean_env(APP_ENV="test", DATABASE_URL=f"sqlite://{tmp / 'aicm.db'}", JWT_SECRET=TEST_JWT_SECRET)
