@@ -31,6 +31,7 @@ PAGE_SIZE = 100
 MAX_RECONNECTS = 8
 MAX_BACKOFF = 8.0
 MIN_CONNECTED = 1.0  # seconds a socket must have lived for its close to count as a token expiry
+EXPIRED_REASON = "Access token expired"  # the server's close reason when the socket's token expires
 
 Line = dict[str, Any]
 
@@ -147,5 +148,8 @@ def _lines(payload: Any, *, batched: bool) -> list[Line]:
 
 def token_expired(exc: Exception, connected_for: float) -> bool:
     """The server closed a socket that had worked for a while because its access token expired (not a
-    refusal: :meth:`Socket.open` already retried that once with a refreshed token)."""
-    return isinstance(exc, Dropped) and exc.code == REFUSED and connected_for > MIN_CONNECTED
+    refusal: :meth:`Socket.open` already retried that once with a refreshed token). The server says so in
+    the close reason; a socket that lived a while counts too (a server that gives no reason)."""
+    if not isinstance(exc, Dropped) or exc.code != REFUSED:
+        return False
+    return exc.reason == EXPIRED_REASON or connected_for > MIN_CONNECTED

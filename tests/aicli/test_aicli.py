@@ -185,17 +185,6 @@ def test_login_with_a_refresh_token_on_stdin(server: Server, tmp_path: Path) -> 
     assert cli.ok("whoami").startswith(email)
 
 
-def test_approvals_on_a_server_without_them_say_so(server: Server, person: tuple[Aicli, str]) -> None:
-    cli, email = person
-    fields = server.as_user(email, '{ __type(name: "Query") { fields { name } } }')
-    if "approvalRequests" in {field["name"] for field in fields["__type"]["fields"]}:
-        return  # the server has tool approvals: tests/aicli/test_approvals.py covers them
-    new_project(cli)
-    result = cli("approvals")
-    assert result.returncode == 1
-    assert "this server has no tool approvals" in result.stderr
-
-
 def server_refresh(server: Server, token: str) -> dict:
     import httpx
 
