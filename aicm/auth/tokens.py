@@ -1,12 +1,16 @@
 """Access tokens: short-lived JWTs naming a user and the session they belong to.
 
 Decoding pins the accepted algorithm, issuer, audience and ``typ``; anything else is ``Unauthenticated``.
+A token once verified is remembered (a bounded cache of token text → claims): a client opening many
+WebSocket connections or requests with one token pays the signature check and claim parsing once; only the
+expiry is checked again. Whether the session still holds is decided elsewhere, on every use.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -16,6 +20,7 @@ from aicm.config import JWTConfig
 from aicm.errors import Unauthenticated
 
 ACCESS = "access"
+VERIFIED_CACHE_SIZE = 4096  # tokens remembered as verified; the oldest is forgotten first
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class TokenService:
     def __init__(self, keys: SigningKeys, config: JWTConfig) -> None:
         self.keys = keys
         self.config = config
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
 
     @property
     def access_lifetime(self) -> int:
@@ -50,6 +56,21 @@ class TokenService:
         return jwt.encode(claims, self.keys.signing_key, algorithm=self.keys.algorithm)
 
     def decode_access(self, token: str) -> AccessClaims:
+        """The claims of a valid, unexpired access token, else ``Unauthenticated``."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            if claims.expires_at <= time.time():  # as PyJWT decides expiry (no leeway)
+                del self._verified[token]
+                raise Unauthenticated("Access token expired", reason="TOKEN_EXPIRED")
+            self._verified.move_to_end(token)
+            return claims
+        claims = self._decode(token)
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
                 token,

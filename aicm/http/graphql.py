@@ -235,14 +235,23 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": exc.message}) from exc
         websocket = context.request
         assert isinstance(websocket, WebSocket)
-
-        async def expire() -> None:
-            with contextlib.suppress(Exception):
-                await websocket.close(code=4403, reason="Access token expired")
-
         delay = max(0.0, claims.expires_at - time.time())
-        loop = asyncio.get_running_loop()
-        context.timers.append(loop.call_later(delay, lambda: asyncio.ensure_future(expire())))
+        context.timers.append(asyncio.get_running_loop().call_later(delay, _close_expired, websocket))
+
+
+_closing: set[asyncio.Task[None]] = set()  # expiry closes under way (the loop keeps only weak references)
+
+
+def _close_expired(websocket: WebSocket) -> None:
+    """At the access token's expiry: close its connection (4403). A plain callback: no closure per socket."""
+    task = asyncio.ensure_future(_close_4403(websocket))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _close_4403(websocket: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code=4403, reason="Access token expired")
 
 
 def _refusal(exc: HTTPException) -> AppError:

@@ -134,6 +134,7 @@ class TransportWSHandler(_OneSlotPerConnection, BaseGraphQLTransportWSHandler[An
             return
         if self.connection_init_timeout_task:
             self.connection_init_timeout_task.cancel()
+            self.connection_init_timeout_task = None  # the connection keeps no finished Task
         payload = message.get("payload", {})
         if not isinstance(payload, dict):
             await self.websocket.close(code=4400, reason="Invalid connection init payload")

@@ -158,15 +158,18 @@ class RedisBroker(Broker):
         if not sub._unacked:
             return
         self._dirty.set()
+        sub._confirmed = confirmed = asyncio.Event()
         try:
             async with asyncio.timeout(self._subscribe_timeout):
-                await sub._confirmed.wait()
+                await confirmed.wait()
         except TimeoutError:
             sub._late = True
             log.warning("redis subscribe not confirmed in time", extra={"event": "broker_subscribe_slow"})
         except BaseException:
             sub._end()
             raise
+        finally:
+            sub._confirmed = None  # an idle subscription keeps no Event (and its deque)
 
     def _channels_added(self, channels: list[str]) -> None:
         self._changed.update(channels)
@@ -269,7 +272,7 @@ class RedisBroker(Broker):
             sub._missed = True
             sub._late = False
             sub._unacked = 0
-            sub._confirmed.set()
+            sub._confirm()
 
     async def _send(self, conn: Connection, *args: str) -> None:
         if not conn.is_connected:  # never let redis-py reconnect behind the listener's back
@@ -373,7 +376,7 @@ def _confirm_one(sub: Subscription) -> None:
     sub._unacked -= 1
     if sub._unacked <= 0:
         sub._unacked = 0
-        sub._confirmed.set()
+        sub._confirm()
         if sub._late:
             sub._late = False
             sub._push(Missed("the subscription was confirmed late; events may have been missed"))

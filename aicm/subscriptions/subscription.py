@@ -71,6 +71,23 @@ class Subscription:
     (``aclose()``, leaving the context, or the broker closing).
     """
 
+    __slots__ = (
+        "_broker",
+        "_confirmed",
+        "_failure",
+        "_late",
+        "_missed",
+        "_queue",
+        "_state",
+        "_unacked",
+        "_waiter",
+        "catch_up",
+        "channels",
+        "max_bytes",
+        "max_queue",
+        "pending_bytes",
+    )
+
     def __init__(
         self,
         broker: Broker,
@@ -95,20 +112,21 @@ class Subscription:
         self.catch_up = catch_up
         self.pending_bytes = 0  # encoded size of the queued events
         self._broker = broker
-        self._queue: deque[Event | Missed] = deque()
-        self._wakeup = asyncio.Event()
+        # Made on first use: an idle subscription holds no deque, and no Event, only the future it awaits.
+        self._queue: deque[Event | Missed] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the iterator waits for an item
         self._state = _NEW
         self._failure: FellBehind | None = None
         # Redis bookkeeping (owned by RedisBroker).
         self._unacked = 0  # channels whose SUBSCRIBE confirmation this subscriber still waits for
-        self._confirmed = asyncio.Event()
+        self._confirmed: asyncio.Event | None = None  # only while RedisBroker waits for the confirmation
         self._late = False  # opened without confirmation: tell it Missed when the confirmation comes
         self._missed = False  # was registered across a lost connection: tell it Missed after resubscribing
 
     @property
     def pending(self) -> int:
         """Items waiting in the queue (never more than ``max_queue``)."""
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
 
     @property
     def closed(self) -> bool:
@@ -148,10 +166,23 @@ class Subscription:
                 raise failure
             if self._state == _CLOSED:
                 raise StopAsyncIteration
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()  # one consumer at a time
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- called by the broker --------------------------------------------------------------------------------
+
+    def _confirm(self) -> None:
+        """Wake a RedisBroker ``_open`` waiting for this subscription's channels to be confirmed."""
+        if self._confirmed is not None:
+            self._confirmed.set()
 
     def _opened(self) -> None:
         self._state = _OPEN
@@ -159,19 +190,22 @@ class Subscription:
     def _push(self, item: Event | Missed) -> None:
         if self._state != _OPEN:
             return
-        if isinstance(item, Missed) and self._queue and isinstance(self._queue[-1], Missed):
+        queue = self._queue
+        if isinstance(item, Missed) and queue and isinstance(queue[-1], Missed):
             return  # one marker says it all
         size = item.size if isinstance(item, Event) else 0
-        if self._queue and (len(self._queue) >= self.max_queue or self.pending_bytes + size > self.max_bytes):
+        if queue and (len(queue) >= self.max_queue or self.pending_bytes + size > self.max_bytes):
             self._overflow(item)
             return
-        self._queue.append(item)
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(item)
         self.pending_bytes += size
-        self._wakeup.set()
+        self._wake()
 
     def _overflow(self, item: Event | Missed) -> None:
         """Drop the backlog: end the subscription, or (``catch_up``) leave one marker in its place."""
-        lost = sum(isinstance(queued, Event) for queued in (*self._queue, item))
+        lost = sum(isinstance(queued, Event) for queued in (*(self._queue or ()), item))
         self._broker.stats.dropped += lost
         EVENTS_DROPPED.inc(lost)
         log.warning(
@@ -183,12 +217,12 @@ class Subscription:
                 "catch_up": self.catch_up,
             },
         )
-        self._queue.clear()
         self.pending_bytes = 0
         if self.catch_up:
-            self._queue.append(Missed(FELL_BEHIND))
-            self._wakeup.set()
+            self._queue = deque([Missed(FELL_BEHIND)])
+            self._wake()
             return
+        self._queue = None
         self._failure = FellBehind(self.max_queue, self.max_bytes)
         self._end()
 
@@ -197,9 +231,9 @@ class Subscription:
             return
         was_open = self._state == _OPEN
         self._state = _CLOSED
-        self._queue.clear()
+        self._queue = None
         self.pending_bytes = 0
-        self._confirmed.set()
-        self._wakeup.set()
+        self._confirm()
+        self._wake()
         if was_open:
             self._broker._release(self)

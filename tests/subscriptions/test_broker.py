@@ -95,6 +95,27 @@ async def test_published_event_reaches_the_subscriber(broker: Broker, prefix: st
     assert broker.stats.subscribers == 0
 
 
+async def test_an_idle_subscription_holds_no_queue_or_event_and_a_cancelled_wait_can_resume(
+    broker: Broker, prefix: str
+) -> None:
+    # given: an open subscription whose consumer waits (docs/performance.md: memory per idle subscription)
+    channel = prefix + "idle"
+    async with broker.subscribe([channel]) as sub:
+        waiting = asyncio.ensure_future(anext(sub))
+        await eventually(lambda: sub._waiter is not None)
+        assert sub._queue is None and sub._confirmed is None
+        assert not any(isinstance(getattr(sub, name), asyncio.Event) for name in Subscription.__slots__)
+        # when: the waiting consumer is cancelled, then another waits and an event comes
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert sub._waiter is None
+        await broker.publish(channel, {"n": 1})
+        item = await next_item(sub)
+    # then
+    assert item == Event(channel, {"n": 1})
+
+
 async def test_one_subscriber_hears_several_channels_and_nothing_else(broker: Broker, prefix: str) -> None:
     # given
     first, second, other = prefix + "first", prefix + "second", prefix + "other"
