@@ -122,6 +122,7 @@ async def _watch(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]
             async with await Socket.open(ctx.api) as socket:
                 for index, project_id in enumerate(project_ids):
                     await socket.subscribe(f"approvals-{index}", WATCH, {"p": project_id})
+                await _catch_up(ctx, project_ids, seen)
                 async for message in socket.messages():
                     if message.type == "error":
                         raise _older_server(message.error(), "approvalRequests")
@@ -130,12 +131,19 @@ async def _watch(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]
                         _show(ctx.out, ((message.payload or {}).get("data") or {})["approvalRequests"], seen)
         except (Dropped, Unreachable) as exc:
             if not token_expired(exc, time.monotonic() - began):
-                failures += 1  # an expired token is routine; what came meanwhile is listed all the same
+                failures += 1  # an expired token is routine; what came meanwhile is caught up on reconnect
             if failures > MAX_RECONNECTS:
                 raise CliError(f"lost the connection to the server: {exc}") from exc
             await asyncio.sleep(min(0.25 * 2**failures, MAX_BACKOFF))
-            for request in await _list(ctx.api, project_ids, "PENDING"):
-                _show(ctx.out, request, seen)
+
+
+async def _catch_up(ctx: Context, project_ids: list[str], seen: set[tuple[str, str]]) -> None:
+    """What no subscription heard (before this one started, or while the connection was down): new pending
+    requests, and the decisions on those already shown."""
+    shown = {request_id for request_id, _ in seen}
+    for request in await _list(ctx.api, project_ids, None):
+        if request["status"] == "PENDING" or request["id"] in shown:
+            _show(ctx.out, request, seen)
 
 
 def _show(out: Output, request: dict[str, Any], seen: set[tuple[str, str]]) -> None:
