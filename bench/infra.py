@@ -100,6 +100,9 @@ def write_config(
             "workspace_root": str(workdir / "workspaces"),
             "max_concurrent": max_concurrent,
             "env": {"AICM_DEMO_DELAY": "0"},
+            # The demo agent without Claude's flags: given a permission prompt tool it would stop at its
+            # first edit to ask for approval (CONTRACT §10), which is not what these scenarios measure.
+            "agent_cli": "generic",
         },
     }
     if backend.redis_url:
@@ -164,8 +167,28 @@ def clear_redis(redis_url: str) -> int:
 # --- server processes ----------------------------------------------------------------------------------
 
 
+SERVER_CORES: set[int] | None = None  # set by ``pin_client``: the cores the servers (and their agents) run on
+
+
+def pin_client() -> dict[str, Any]:
+    """Pin this process (the load generator) to the last core and the servers started later to the others,
+    so that the figures say what the server does (issue 17); nothing to pin on one core."""
+    global SERVER_CORES
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return {"client_cores": cores, "server_cores": cores}
+    os.sched_setaffinity(0, {cores[-1]})
+    SERVER_CORES = set(cores[:-1])
+    return {"client_cores": [cores[-1]], "server_cores": cores[:-1]}
+
+
+def client_cpu_seconds() -> float:
+    """CPU time of the load generator (this process, all threads)."""
+    return time.process_time()
+
+
 class Server:
-    """One ``python -m bench.server`` process on a loopback port."""
+    """One ``python -m bench.server`` process on a loopback port (on ``SERVER_CORES`` when pinned)."""
 
     def __init__(self, workdir: Path, config: Path, label: str) -> None:
         self.workdir, self.config, self.label = workdir, config, label
@@ -180,12 +203,14 @@ class Server:
 
     async def start(self, timeout: float = 60.0) -> Server:
         log = self.log_path.open("wb")
+        cores = SERVER_CORES
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.server", "--config", str(self.config), "--port", str(self.port)],
             cwd=self.workdir,
             env=clean_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from bench.infra import HOST, Seeded, Server
+from bench.infra import HOST, Seeded, Server, client_cpu_seconds
 from bench.net import WSConnection
 from bench.stats import percentile
 
@@ -74,6 +74,7 @@ async def log_streaming(
         conn.subscribe("1", BATCHES if n < batch_subscribers else LOGS, {"t": task})
         conns.append(conn)
     await server.wait_subscribers(base + subscribers, 20)
+    cpu0, client0 = server.cpu_seconds(), client_cpu_seconds()
     await server.graphql(CANCEL, {"id": blocker}, seeded.owner)
 
     samples: list[tuple[float, int]] = []
@@ -86,6 +87,7 @@ async def log_streaming(
         if state["status"] not in ("PENDING", "RUNNING") and done:
             break
         await asyncio.sleep(0.02)
+    server_cpu, client_cpu = server.cpu_seconds() - cpu0, client_cpu_seconds() - client0
     for conn in conns:
         conn.close()
 
@@ -148,6 +150,9 @@ async def log_streaming(
         "end_to_end_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "end_to_end_p99_ms": round(percentile(latencies, 99) * 1000, 1),
         "end_to_end_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+        "server_cpu_seconds": round(server_cpu, 2),
+        "client_cpu_seconds": round(client_cpu, 2),
+        "server_cpu_us_per_line": round(server_cpu / total * 1e6, 1) if total else None,
         "per_subscriber": per_subscriber,
     }
 

@@ -143,10 +143,7 @@ def write(results: Path, target: Path) -> Path:
             " IP sends everything here.",
             "- Two backends: the embedded default (SQLite, in-process broker) and PostgreSQL + Redis (a fresh"
             " database per scenario, Redis database 12).",
-            "- **The load generator runs on the same 2 cores as the server** (one client process, raw"
-            " asyncio protocols to keep its cost low; the two-instance fan-out has three processes on two"
-            " cores). Absolute numbers are low and noisy on this machine; compare the ratios, which are"
-            " measured side by side in one run.",
+            _cores_line(data),
             "- Each subscription has its own WebSocket connection, as N separate clients would.",
             "",
         ]
@@ -163,6 +160,27 @@ def write(results: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines).rstrip() + "\n")
     return target
+
+
+def _cores_line(data: dict[str, dict[str, Any]]) -> str:
+    """How the load generator and the servers shared the cores, as the newest result recorded it."""
+    cores = {}
+    for scenario in data.values():
+        for _, value in _backends(scenario):
+            cores = value.get("cores") or cores
+    if cores.get("pinned") and cores.get("client_cores") != cores.get("server_cores"):
+        return (
+            f"- **The load generator (one client process, raw asyncio protocols) is pinned to core"
+            f" {', '.join(map(str, cores['client_cores']))}; the servers, and the agents they start, to core"
+            f" {', '.join(map(str, cores['server_cores']))}** (`taskset`-style affinity; `--no-pin` turns it off)."
+            " Server and client CPU time are printed beside the figures (`/proc/<pid>/stat` and the client's"
+            " own process time); the agent's CPU is not in the server's."
+        )
+    return (
+        "- **The load generator runs on the same cores as the server** (one client process, raw asyncio"
+        " protocols to keep its cost low). Absolute numbers are noisy; compare the ratios, which are measured"
+        " side by side in one run."
+    )
 
 
 def _level(value: dict[str, Any], size: int) -> dict[str, Any] | None:
@@ -394,7 +412,7 @@ def _capacity(data: dict[str, Any]) -> list[str]:
     for name, value in _backends(data):
         problem = _problem(value)
         if problem:
-            rows.append([LABELS.get(name, name), problem, *["–"] * 6])
+            rows.append([LABELS.get(name, name), problem, *["–"] * 7])
             continue
         previous = 0
         for lv in value.get("levels", []):
@@ -407,6 +425,7 @@ def _capacity(data: dict[str, Any]) -> list[str]:
                     f"{_n(lv['target'])}",
                     f"{_n(opened)}" + (f" ({lv['stopped']})" if lv.get("stopped") else ""),
                     f"{_n(lv.get('open_seconds'), 1)} s ({_n(rate)}/s)",
+                    _cpu_pair(lv, "open"),
                     f"{_n(lv.get('rss_baseline_mib', [None])[0], 0)} → {_n(lv.get('rss_mib', [None])[0], 0)}",
                     f"**{_n(lv.get('kib_per_subscription'), 1)}**",
                     f"{_n(lv.get('idle_cpu_percent_baseline', [None])[0], 2)} → "
@@ -419,6 +438,7 @@ def _capacity(data: dict[str, Any]) -> list[str]:
             "N",
             "open",
             "time to open the new ones (rate)",
+            "CPU µs per open, server / client",
             "RSS MiB (before → with N)",
             "KiB per subscription",
             "idle CPU % of a core (none → N)",
@@ -426,6 +446,11 @@ def _capacity(data: dict[str, Any]) -> list[str]:
         rows,
     )
     return out
+
+
+def _cpu_pair(value: dict[str, Any], unit: str) -> str:
+    server, client = value.get(f"server_cpu_us_per_{unit}"), value.get(f"client_cpu_us_per_{unit}")
+    return "–" if server is None else f"{_n(server)} / {_n(client)}"
 
 
 def _fanout(single: dict[str, Any], double: dict[str, Any]) -> list[str]:
@@ -445,7 +470,7 @@ def _fanout(single: dict[str, Any], double: dict[str, Any]) -> list[str]:
             label = f"{LABELS.get(name, name)}, {setup}"
             problem = _problem(value)
             if problem:
-                rows.append([label, problem, *["–"] * 7])
+                rows.append([label, problem, *["–"] * 8])
                 continue
             for lv in value.get("levels", []):
                 fan = lv.get("fanout")
@@ -463,6 +488,7 @@ def _fanout(single: dict[str, Any], double: dict[str, Any]) -> list[str]:
                         " / ".join(_n(v) for v in by_instance.values()) if len(by_instance) > 1 else "–",
                         str(fan["missing"] + fan["errors"]),
                         _n(fan["mutation_response_p50_ms"], 1),
+                        _cpu_pair(fan, "delivery"),
                     ]
                 )
     out += _table(
@@ -476,6 +502,7 @@ def _fanout(single: dict[str, Any], double: dict[str, Any]) -> list[str]:
             "p99 ms per instance",
             "missing",
             "mutation answered ms",
+            "CPU µs per delivery, server / client",
         ],
         rows,
     )
@@ -497,7 +524,7 @@ def _logs(data: dict[str, Any]) -> list[str]:
     for name, value in _backends(data):
         problem = _problem(value)
         if problem:
-            rows.append([LABELS.get(name, name), problem, *["–"] * 6])
+            rows.append([LABELS.get(name, name), problem, *["–"] * 7])
             continue
         for key in ("without_subscribers", "with_subscribers", "batched_only"):
             r = value.get(key)
@@ -517,6 +544,8 @@ def _logs(data: dict[str, Any]) -> list[str]:
                     _n(r.get("delivered_messages_per_second_total")),
                     f"{_n(r['end_to_end_p50_ms'])} / {_n(r['end_to_end_p99_ms'])}" if per else "–",
                     "–" if ordered is None else ("yes" if ordered else "**no**"),
+                    f"{_n(r.get('server_cpu_seconds'), 1)} / {_n(r.get('client_cpu_seconds'), 1)}"
+                    f" ({_n(r.get('server_cpu_us_per_line'))} µs per line)",
                 ]
             )
     out += _table(
@@ -529,6 +558,7 @@ def _logs(data: dict[str, Any]) -> list[str]:
             "messages/s, all subscribers",
             "end-to-end p50 / p99 ms",
             "every line once, in order",
+            "CPU s, server / client (server per stored line)",
         ],
         rows,
     )

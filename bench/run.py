@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-lines", type=int, default=20000)
     p.add_argument("--log-subscribers", type=int, default=10)
     p.add_argument("--redis-db", type=int, default=12)
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the load generator to the last core (and the servers to the others)",
+    )
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = p.parse_args(argv)
@@ -114,7 +119,7 @@ class Run:
 
     def record(self, scenario: str, backend: str, value: Any) -> None:
         if isinstance(value, dict):
-            value = {"measured_at": report.now(), "args": vars(self.args)} | value
+            value = {"measured_at": report.now(), "args": vars(self.args), "cores": self.pinning} | value
         self.results[scenario][backend] = value
         self.save(scenario)
 
@@ -236,7 +241,8 @@ class Run:
 
     async def main(self) -> int:
         limit = infra.raise_fd_limit()
-        self.log(f"work directory {self.work}; open-file limit {limit}")
+        self.pinning = {"pinned": False} if self.args.no_pin else {"pinned": True, **infra.pin_client()}
+        self.log(f"work directory {self.work}; open-file limit {limit}; cores {self.pinning}")
         if "services" in self.backends:
             self.services_problem = infra.services_problem(self.redis_url)
             if self.services_problem:

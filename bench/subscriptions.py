@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from bench.infra import HOST, Seeded, Server
+from bench.infra import HOST, Seeded, Server, client_cpu_seconds
 from bench.net import HTTPConnection, WSConnection, graphql_request
 from bench.stats import percentile
 
@@ -65,6 +65,11 @@ class Fleet:
         self.conns.clear()
 
 
+def publisher_and_fleet_cpu(fleet: Fleet) -> float:
+    """CPU seconds of every server the fleet is spread over."""
+    return sum(s.cpu_seconds() for s in fleet.servers)
+
+
 async def _wait_registered(servers: list[Server], fleet: Fleet, baselines: list[int], timeout: float) -> int:
     """Until every server's broker holds its share of the subscriptions; returns how many are registered."""
     deadline = time.monotonic() + timeout
@@ -93,6 +98,7 @@ async def fan_out(
     missing = 0
     errors = 0
     mutation_ms: list[float] = []
+    server_cpu = client_cpu = 0.0  # over each mutation's delivery window (till the last arrival)
     try:
         for rep in range(reps):
             counts = [len(c.received) for c in fleet.conns]
@@ -101,6 +107,7 @@ async def fan_out(
             raw = graphql_request(
                 HOST, UPDATE, {"id": fleet.project_id, "d": f"fan-out {rep} {time.time()}"}, owner_token
             )
+            cpu0, client0 = publisher_and_fleet_cpu(fleet), client_cpu_seconds()
             sent = time.time()
             status, body = await conn.request(raw)
             mutation_ms.append((time.time() - sent) * 1000)
@@ -111,6 +118,8 @@ async def fan_out(
                     await fleet.all_arrived.wait()
             except TimeoutError:
                 pass
+            server_cpu += publisher_and_fleet_cpu(fleet) - cpu0
+            client_cpu += client_cpu_seconds() - client0
             rep_latencies = []
             for c, before in zip(fleet.conns, counts, strict=True):
                 if len(c.received) <= before:
@@ -140,6 +149,8 @@ async def fan_out(
         "max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "last_delivery_p50_ms": round(percentile(lasts, 50) * 1000, 1),
         "mutation_response_p50_ms": round(percentile(mutation_ms, 50), 1),
+        "server_cpu_us_per_delivery": round(server_cpu / len(latencies) * 1e6, 1) if latencies else None,
+        "client_cpu_us_per_delivery": round(client_cpu / len(latencies) * 1e6, 1) if latencies else None,
         "p99_ms_by_instance": {
             str(index): round(percentile(values, 99) * 1000, 1)
             for index, values in sorted(per_server.items())
@@ -179,16 +190,20 @@ async def capacity(
     levels = []
     try:
         for size in sizes:
-            started = time.monotonic()
+            started, had = time.monotonic(), len(fleet.conns)
+            cpu0, client0 = publisher_and_fleet_cpu(fleet), client_cpu_seconds()
             await fleet.grow(size, deadline=started + open_timeout)
             registered = await _wait_registered(servers, fleet, baselines, 30)
             opened_in = time.monotonic() - started
+            opened = max(1, len(fleet.conns) - had)
             level: dict[str, Any] = {
                 "target": size,
                 "reached": registered,
                 "open_failures": len(fleet.failures),
                 "open_failure_sample": fleet.failures[:3],
                 "open_seconds": round(opened_in, 1),
+                "server_cpu_us_per_open": round((publisher_and_fleet_cpu(fleet) - cpu0) / opened * 1e6, 1),
+                "client_cpu_us_per_open": round((client_cpu_seconds() - client0) / opened * 1e6, 1),
             }
             if measure_memory:
                 await asyncio.sleep(1.0)
