@@ -171,10 +171,11 @@ def _cores_line(data: dict[str, dict[str, Any]]) -> str:
     if cores.get("pinned") and cores.get("client_cores") != cores.get("server_cores"):
         return (
             f"- **The load generator (one client process, raw asyncio protocols) is pinned to core"
-            f" {', '.join(map(str, cores['client_cores']))}; the servers, and the agents they start, to core"
+            f" {', '.join(map(str, cores['client_cores']))}; the servers to core"
             f" {', '.join(map(str, cores['server_cores']))}** (`taskset`-style affinity; `--no-pin` turns it off)."
-            " Server and client CPU time are printed beside the figures (`/proc/<pid>/stat` and the client's"
-            " own process time); the agent's CPU is not in the server's."
+            " The demo agent of the log scenario runs on any core (`taskset -c` in its command): it stands for"
+            " the agent's own machine, not for the server. Server and client CPU time are printed beside the"
+            " figures (`/proc/<pid>/stat`, the client's own process time); the agent's CPU is in neither."
         )
     return (
         "- **The load generator runs on the same cores as the server** (one client process, raw asyncio"
