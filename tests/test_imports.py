@@ -1,8 +1,8 @@
 """Every module of ``aicm`` imports on its own, whatever was imported before it (no hidden import cycles).
 
 An import cycle can work only because of the order in which a process happens to import modules. A fresh
-interpreter preloads the third-party packages (none of them imports aicm), then forks one child per module,
-so that each child imports exactly one aicm module into a ``sys.modules`` with no aicm module in it.
+interpreter preloads the third-party packages (none of them imports aicm), then forks one child per module (one per
+core at a time), so that each child imports exactly one aicm module into a ``sys.modules`` with no aicm module in it.
 """
 
 from __future__ import annotations
@@ -19,24 +19,36 @@ CHILDREN = r"""
 import importlib, os, sys, traceback
 
 for name in ("strawberry", "tortoise", "starlette", "redis.asyncio", "prometheus_client", "saq", "authlib",
-             "jwt", "argon2", "yaml", "httpx", "uvicorn", "graphql"):
+             "authlib.integrations.starlette_client", "jwt", "argon2", "yaml", "httpx", "uvicorn", "graphql",
+             "mcp.server", "mcp.client.stdio", "orjson", "rich.console", "websockets"):
     importlib.import_module(name)
 assert not [m for m in sys.modules if m == "aicm" or m.startswith("aicm.")], "a preload imported aicm"
 
-failed = []
+def child(module):
+    try:
+        importlib.import_module(module)
+    except BaseException:
+        print(f"--- import {module}", file=sys.stderr)
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+failed, running = [], {}  # one child per core at a time: the children only import
 for module in sys.argv[1:]:
+    if len(running) >= (os.cpu_count() or 1):
+        pid, status = os.wait()
+        if os.waitstatus_to_exitcode(status) != 0:
+            failed.append(running[pid])
+        del running[pid]
     pid = os.fork()
     if pid == 0:
-        try:
-            importlib.import_module(module)
-        except BaseException:
-            print(f"--- import {module}", file=sys.stderr)
-            traceback.print_exc()
-            os._exit(1)
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
+        child(module)
+    running[pid] = module
+while running:
+    pid, status = os.wait()
     if os.waitstatus_to_exitcode(status) != 0:
-        failed.append(module)
+        failed.append(running[pid])
+    del running[pid]
 print("\n".join(failed))
 """
 

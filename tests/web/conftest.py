@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.conftest import DEMO_AGENT
 from tests.servers import CLI, TEST_JWT_SECRET, clean_env, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,16 +28,6 @@ SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 CHROMIUM = os.environ.get("AICM_CHROMIUM", "/usr/bin/chromium")
 ADMIN = ("admin@example.com", "admin-password-123")
 VIEWER = ("viewer@example.com", "viewer-password-123")
-DEMO = [
-    "{python}",
-    "-m",
-    "aicm.runner.demo_agent",
-    "-p",
-    "{prompt}",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-]
 
 
 def _unavailable(reason: str) -> None:
@@ -87,7 +78,7 @@ def running_server(tmp: Path, extra_config: str = "", *, agent_cli: str = "gener
     ``claude`` gives it the permission prompt tool (where the server has tool approvals, CONTRACT §10).
     """
     config = tmp / "config.yaml"
-    command = ", ".join(f'"{part}"' for part in DEMO)
+    command = ", ".join(f'"{part}"' for part in DEMO_AGENT)
     config.write_text(
         "security:\n  refresh_cookie: {enabled: true, secure: false}\n"
         f"runner:\n  command: [{command}]\n  sandbox: none\n  agent_cli: {agent_cli}\n"
