@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="GraphQL/bare pairs per operation (ABBA order)")
     p.add_argument("--concurrency", type=int, default=16, help="keep-alive connections of the HTTP load")
     p.add_argument("--sub-sizes", default="1000,5000,10000", help="subscription counts (embedded)")
-    p.add_argument("--sub-sizes-services", default="1000,5000", help="subscription counts (services)")
+    p.add_argument("--sub-sizes-services", default="1000,5000,10000", help="subscription counts (services)")
     p.add_argument("--fanout-sizes", default="1000,5000,10000", help="levels at which fan-out is measured")
     p.add_argument("--fanout2-sizes", default="1000,5000", help="subscribers over two instances")
     p.add_argument("--fanout-reps", type=int, default=5, help="mutations per fan-out measurement")
