@@ -8,7 +8,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.aicli.conftest import ACCESS_TOKEN_SECONDS, AICLI, PASSWORD, Aicli, Server
+from tests.aicli.conftest import (
+    ACCESS_TOKEN_SECONDS,
+    AICLI,
+    PASSWORD,
+    PLAIN_AGENT,
+    Aicli,
+    Server,
+    start_server,
+)
+from tests.conftest import EMBEDDED
 
 LOGS = "query($t: ID!) { task(id: $t) { status costUsd logs(first: 100) { seq text } } }"
 CHANGES = "query($t: ID!) { task(id: $t) { changes { files { path patch } } } }"
@@ -234,3 +243,22 @@ def test_push_and_merge_a_tasks_branch_into_a_remote(person: tuple[Aicli, str], 
     # and a squash merge lands the task's file on the remote's main
     assert cli.ok("merge", task_id, "--strategy", "squash").strip() == branch
     assert "AICM_DEMO.md" in git("ls-tree", "--name-only", "main", cwd=origin)
+
+
+def test_run_follow_exits_one_when_the_task_times_out(tmp_path: Path) -> None:
+    """``runner.timeout`` ends the agent: the follower prints TIMED_OUT and exits 1, like a failure."""
+    (tmp_path / "server").mkdir()
+    with start_server(
+        tmp_path / "server", EMBEDDED, timeout=1.0, shutdown_grace=1.0, **PLAIN_AGENT
+    ) as server:
+        email, _ = server.register()
+        cli = Aicli(server, tmp_path / "config")
+        cli.ok("login", server.url, "--email", email, "--password-stdin", stdin=PASSWORD + "\n")
+        project = new_project(cli)
+        # when the agent would sleep well past the server's timeout
+        result = cli("run", project, "Wait for it sleep:30", "--follow", timeout=30)
+        # then
+        assert result.returncode == 1, result.stderr
+        task_id = result.stderr.splitlines()[0]
+        assert server.as_user(email, LOGS, {"t": task_id})["task"]["status"] == "TIMED_OUT"
+        assert f"task {task_id} TIMED_OUT" in result.stderr
