@@ -10,8 +10,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 CLI = [sys.executable, "-m", "aicm.cli"]
 # Shared by the in-process app and the server processes of the services backend, so tokens work on both.
@@ -61,3 +63,24 @@ def serve(cwd: Path, env: dict[str, str], *args: str) -> Iterator[str]:
             proc.kill()
             proc.wait(timeout=5)
         log.close()
+
+
+def start_worker(
+    tmp_path: Path, name: str, services: tuple[str, str], runner: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    """``aicli-api worker`` on PostgreSQL and Redis (``services``: their URLs) with these runner settings;
+    its config is ``<name>.yaml`` and its output ``<name>.log`` in ``tmp_path``."""
+    database_url, redis_url = services
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({"runner": runner, "app": {"data_dir": str(tmp_path / name)}}))
+    env = clean_env(
+        DATABASE_URL=database_url, REDIS_URL=redis_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test"
+    )
+    with (tmp_path / f"{name}.log").open("w") as log:
+        return subprocess.Popen(
+            [*CLI, "worker", "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from starlette.applications import Starlette
 
 from aicm import models
@@ -22,11 +21,11 @@ from aicm.auth.permissions import ADMIN, DEVELOPER, MAINTAINER, VIEWER
 from aicm.runner import approvals
 from aicm.runner.worker import QueueDispatcher, make_queue
 from aicm.schema.relay import encode_id
+from tests import servers
 from tests.conftest import AGENT_SCRIPTS, DEMO_AGENT, Backend, require_services
 from tests.factories import add_member, make_project, make_user, token_for
 from tests.graphql import assert_error, assert_ok, error_codes, execute
 from tests.schema.test_tasks import finished, start, status_becomes
-from tests.servers import CLI, TEST_JWT_SECRET, clean_env
 
 MCP_AGENT = [sys.executable, str(AGENT_SCRIPTS / "mcp_agent.py"), "{prompt}"]
 DECIDE = """mutation($id: ID!, $allow: Boolean!, $reason: String, $remember: Boolean) {
@@ -361,8 +360,6 @@ async def test_an_agent_without_any_network_still_reaches_the_approvers(
 
 def start_claude_worker(tmp_path: Path, timeout: str = "10m") -> subprocess.Popen[bytes]:
     """``aicli-api worker`` running the MCP-speaking agent with Claude Code's flags."""
-    database_url, redis_url = require_services()
-    config = tmp_path / "worker.yaml"
     runner = {
         "command": MCP_AGENT,
         "agent_cli": "claude",
@@ -371,14 +368,7 @@ def start_claude_worker(tmp_path: Path, timeout: str = "10m") -> subprocess.Pope
         "workspace_root": str(tmp_path / "workspaces"),
         "sandbox_paths": {"read_only": [str(AGENT_SCRIPTS)]},
     }
-    config.write_text(yaml.safe_dump({"runner": runner, "app": {"data_dir": str(tmp_path / "worker")}}))
-    env = clean_env(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test"
-    )
-    log = (tmp_path / "worker.log").open("w")
-    return subprocess.Popen(
-        [*CLI, "worker", "--config", str(config)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    return servers.start_worker(tmp_path, "worker", require_services(), runner)
 
 
 async def test_the_agent_waits_on_a_worker_and_the_decision_comes_from_another_instance(

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from starlette.applications import Starlette
 
 from aicm import models
 from aicm.runner.worker import QueueDispatcher, make_queue
+from tests import servers
 from tests.conftest import DEMO_AGENT, Backend
 from tests.factories import make_project, make_user
 from tests.schema.test_tasks import finished, status_becomes
-from tests.servers import CLI, TEST_JWT_SECRET, clean_env
 
 
 async def orphan(project: models.Project, user: models.User, *, lease_age: float) -> models.Task:
@@ -67,29 +66,14 @@ async def test_with_workers_only_expired_leases_are_failed(app: Starlette, clien
 def start_worker(tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
     from tests.conftest import require_services
 
-    database_url, redis_url = require_services()
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "runner": {
-                    "command": DEMO_AGENT,
-                    "agent_cli": "generic",  # no approvals to wait for (tests/runner/test_approvals.py)
-                    "env": {"AICM_DEMO_DELAY": "0", "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
-                    "max_concurrent": 1,
-                    "workspace_root": str(tmp_path / "workspaces"),
-                },
-                "app": {"data_dir": str(tmp_path / name)},
-            }
-        )
-    )
-    env = clean_env(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test"
-    )
-    log = (tmp_path / f"{name}.log").open("w")
-    return subprocess.Popen(
-        [*CLI, "worker", "--config", str(config)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    runner = {
+        "command": DEMO_AGENT,
+        "agent_cli": "generic",  # no approvals to wait for (tests/runner/test_approvals.py)
+        "env": {"AICM_DEMO_DELAY": "0", "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
+        "max_concurrent": 1,
+        "workspace_root": str(tmp_path / "workspaces"),
+    }
+    return servers.start_worker(tmp_path, name, require_services(), runner)
 
 
 async def test_two_workers_and_a_cancel_routed_to_the_right_one(

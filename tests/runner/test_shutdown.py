@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from aicm import models
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
+from tests import servers
 from tests.conftest import DEMO_AGENT, Backend, require_services
 from tests.factories import make_project, make_user
 from tests.schema.test_tasks import finished, status_becomes
@@ -27,30 +28,15 @@ from tests.servers import CLI, TEST_JWT_SECRET, clean_env, free_port
 
 
 def start_worker(tmp_path: Path, name: str, *, grace: str, delay: str = "0") -> subprocess.Popen[bytes]:
-    database_url, redis_url = require_services()
-    config = tmp_path / f"{name}.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "runner": {
-                    "command": DEMO_AGENT,
-                    "agent_cli": "generic",  # no approvals to wait for (tests/runner/test_approvals.py)
-                    "env": {"AICM_DEMO_DELAY": delay, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
-                    "max_concurrent": 1,
-                    "workspace_root": str(tmp_path / "workspaces"),
-                    "shutdown_grace": grace,
-                },
-                "app": {"data_dir": str(tmp_path / name)},
-            }
-        )
-    )
-    env = clean_env(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, JWT_SECRET=TEST_JWT_SECRET, APP_ENV="test"
-    )
-    log = (tmp_path / f"{name}.log").open("w")
-    return subprocess.Popen(
-        [*CLI, "worker", "--config", str(config)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    runner = {
+        "command": DEMO_AGENT,
+        "agent_cli": "generic",  # no approvals to wait for (tests/runner/test_approvals.py)
+        "env": {"AICM_DEMO_DELAY": delay, "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
+        "max_concurrent": 1,
+        "workspace_root": str(tmp_path / "workspaces"),
+        "shutdown_grace": grace,
+    }
+    return servers.start_worker(tmp_path, name, require_services(), runner)
 
 
 def start_serve(tmp_path: Path, config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
