@@ -31,6 +31,7 @@ from aicm.logs.setup import configure_logging
 from aicm.ratelimit import make_rate_limits
 from aicm.redis_pool import make_redis
 from aicm.resolvers.auth import AuthServices
+from aicm.resolvers.open_checks import OpenChecks
 from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
@@ -57,11 +58,14 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(metrics.sampling())
             workspaces = Workspaces(settings)
             executor, dispatcher = await _task_runner(settings, broker, workspaces, redis is None, stack)
+            opens = OpenChecks(broker)
+            stack.callback(opens.clear)
             auth = AuthServices(
                 tokens=TokenService(load_keys(settings), settings.jwt),
                 sessions=make_session_store(settings, redis),
                 throttle=make_login_throttle(settings, redis),
                 allow_registration=settings.auth.allow_registration,
+                opens=opens,
             )
             app.state.runtime = Runtime(
                 settings=settings,
