@@ -27,6 +27,7 @@ from aicm.http.middleware.publisher import PublisherMiddleware
 from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
 from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
+from aicm.http.middleware.websocket_shortcut import WebSocketShortcut
 from aicm.logs.setup import configure_logging
 from aicm.ratelimit import make_rate_limits
 from aicm.redis_pool import make_redis
@@ -96,6 +97,8 @@ def build_app(settings: Settings) -> Starlette:
         Middleware(RequestIdMiddleware),
         Middleware(PublisherMiddleware),
         Middleware(ClientIPMiddleware, trusted_proxies=settings.server.trusted_proxies),
+        # WebSocket connections go on through the rate limit only (the rest is HTTP's; less held per socket).
+        Middleware(WebSocketShortcut, websocket_middleware=[_rate_limit(settings)]),
         Middleware(AccessLogMiddleware),
         *([Middleware(metrics.HTTPMetricsMiddleware)] if settings.monitoring.metrics.enabled else []),
         *_security_middleware(settings),
@@ -103,18 +106,22 @@ def build_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
-def _security_middleware(settings: Settings) -> list[Middleware]:
-    """Headers on every response (429s and CORS answers included), CORS, then the per-client rate limit,
-    then the GraphQL endpoint's CSRF rules."""
+def _rate_limit(settings: Settings) -> Middleware:
     exempt = {settings.monitoring.metrics.path}
     if settings.monitoring.health.enabled:
         health_path = settings.monitoring.health.path.rstrip("/")
         exempt |= {health_path, f"{health_path}/detailed"}
+    return Middleware(RateLimitMiddleware, exempt_paths=exempt, auth_paths=("/auth/oauth/",))
+
+
+def _security_middleware(settings: Settings) -> list[Middleware]:
+    """Headers on every response (429s and CORS answers included), CORS, then the per-client rate limit,
+    then the GraphQL endpoint's CSRF rules."""
     cors = cors_options(settings)
     return [
         Middleware(SecurityHeadersMiddleware, hsts=hsts_value(settings.security.hsts)),
         *([Middleware(CORSMiddleware, **cors)] if cors else []),
-        Middleware(RateLimitMiddleware, exempt_paths=exempt, auth_paths=("/auth/oauth/",)),
+        _rate_limit(settings),
         Middleware(CSRFMiddleware, path="/graphql", double_submit=settings.security.refresh_cookie.enabled),
     ]
 
