@@ -27,10 +27,12 @@ from aicm.http.middleware.publisher import PublisherMiddleware
 from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
 from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
+from aicm.http.middleware.websocket_shortcut import WebSocketShortcut
 from aicm.logs.setup import configure_logging
 from aicm.ratelimit import make_rate_limits
 from aicm.redis_pool import make_redis
 from aicm.resolvers.auth import AuthServices
+from aicm.resolvers.open_checks import OpenChecks
 from aicm.runner.dispatch import LocalDispatcher, TaskDispatcher
 from aicm.runner.executor import TaskExecutor
 from aicm.runner.worker import QueueDispatcher, make_queue
@@ -57,11 +59,14 @@ def build_app(settings: Settings) -> Starlette:
             await stack.enter_async_context(metrics.sampling())
             workspaces = Workspaces(settings)
             executor, dispatcher = await _task_runner(settings, broker, workspaces, redis is None, stack)
+            opens = OpenChecks(broker)
+            stack.callback(opens.clear)
             auth = AuthServices(
                 tokens=TokenService(load_keys(settings), settings.jwt),
                 sessions=make_session_store(settings, redis),
                 throttle=make_login_throttle(settings, redis),
                 allow_registration=settings.auth.allow_registration,
+                opens=opens,
             )
             app.state.runtime = Runtime(
                 settings=settings,
@@ -92,6 +97,8 @@ def build_app(settings: Settings) -> Starlette:
         Middleware(RequestIdMiddleware),
         Middleware(PublisherMiddleware),
         Middleware(ClientIPMiddleware, trusted_proxies=settings.server.trusted_proxies),
+        # WebSocket connections go on through the rate limit only (the rest is HTTP's; less held per socket).
+        Middleware(WebSocketShortcut, websocket_middleware=[_rate_limit(settings)]),
         Middleware(AccessLogMiddleware),
         *([Middleware(metrics.HTTPMetricsMiddleware)] if settings.monitoring.metrics.enabled else []),
         *_security_middleware(settings),
@@ -99,18 +106,22 @@ def build_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
-def _security_middleware(settings: Settings) -> list[Middleware]:
-    """Headers on every response (429s and CORS answers included), CORS, then the per-client rate limit,
-    then the GraphQL endpoint's CSRF rules."""
+def _rate_limit(settings: Settings) -> Middleware:
     exempt = {settings.monitoring.metrics.path}
     if settings.monitoring.health.enabled:
         health_path = settings.monitoring.health.path.rstrip("/")
         exempt |= {health_path, f"{health_path}/detailed"}
+    return Middleware(RateLimitMiddleware, exempt_paths=exempt, auth_paths=("/auth/oauth/",))
+
+
+def _security_middleware(settings: Settings) -> list[Middleware]:
+    """Headers on every response (429s and CORS answers included), CORS, then the per-client rate limit,
+    then the GraphQL endpoint's CSRF rules."""
     cors = cors_options(settings)
     return [
         Middleware(SecurityHeadersMiddleware, hsts=hsts_value(settings.security.hsts)),
         *([Middleware(CORSMiddleware, **cors)] if cors else []),
-        Middleware(RateLimitMiddleware, exempt_paths=exempt, auth_paths=("/auth/oauth/",)),
+        _rate_limit(settings),
         Middleware(CSRFMiddleware, path="/graphql", double_submit=settings.security.refresh_cookie.enabled),
     ]
 

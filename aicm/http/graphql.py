@@ -33,7 +33,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET
 
-from aicm.auth.tokens import bearer_token
+from aicm.auth.tokens import AccessClaims, bearer_token
 from aicm.auth.viewer import Viewer
 from aicm.config import Settings
 from aicm.errors import AppError, BadUserInput, Forbidden, NotFound, Unauthenticated
@@ -42,8 +42,10 @@ from aicm.http.errors import error_item, error_response
 from aicm.http.persisted_queries import PersistedQueries
 from aicm.http.refresh_cookie import RefreshCookie
 from aicm.http.websocket import CappedWebSocketAdapter, LegacyWSHandler, TransportWSHandler
+from aicm.runtime import Runtime
 from aicm.schema import build_schema
-from aicm.schema.context import Context, viewer_from_authorization, viewer_from_claims
+from aicm.schema.context import Context, client_ip, viewer_from_authorization, viewer_from_claims
+from aicm.schema.relay import encode_id
 
 log = logging.getLogger("aicm.http")
 
@@ -230,13 +232,28 @@ class GraphQLApp(GraphQL[Context, None]):
             if token is None:
                 raise Unauthenticated()
             claims = context.runtime.tokens.decode_access(token)
-            context.viewer = await viewer_from_claims(context.runtime, claims, context.request)
+            context.viewer = await _connection_viewer(context.runtime, claims, context.request)
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message}) from exc
         websocket = context.request
         assert isinstance(websocket, WebSocket)
         delay = max(0.0, claims.expires_at - time.time())
         context.timers.append(asyncio.get_running_loop().call_later(delay, _close_expired, websocket))
+
+
+async def _connection_viewer(
+    runtime: Runtime, claims: AccessClaims, websocket: Request | WebSocket
+) -> Viewer:
+    """``viewer_from_claims``, through ``OpenChecks``: a client opening many connections with one token reads
+    its account and session once (kept until something that could change them is published, at most 1 s)."""
+    opens = runtime.auth.opens
+    if opens is None:
+        return await viewer_from_claims(runtime, claims, websocket)
+    viewer = await opens.viewer(runtime.auth, claims.user_id, claims.session_id)
+    viewer.ip, viewer.user_agent = client_ip(websocket), websocket.headers.get("user-agent")
+    await runtime.auth.sessions.touch(claims.session_id, viewer.ip, viewer.user_agent)
+    websocket.state.user_id = encode_id("User", claims.user_id)  # the access log's user_id
+    return viewer
 
 
 _closing: set[asyncio.Task[None]] = set()  # expiry closes under way (the loop keeps only weak references)

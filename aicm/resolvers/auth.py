@@ -6,6 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aicm import models
 from aicm.auth.lockout import LoginThrottle
@@ -20,6 +21,9 @@ from aicm.resolvers.unit_of_work import unit_of_work
 from aicm.subscriptions import channels
 from aicm.subscriptions.publisher import publish
 
+if TYPE_CHECKING:
+    from aicm.resolvers.open_checks import OpenChecks
+
 security = logging.getLogger("aicm.security")
 
 INVALID_CREDENTIALS = "Invalid email or password"
@@ -31,6 +35,7 @@ class AuthServices:
     sessions: SessionStore
     throttle: LoginThrottle
     allow_registration: bool
+    opens: OpenChecks | None = None  # what opening connections and streams checked, kept briefly
 
 
 @dataclass

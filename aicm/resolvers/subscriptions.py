@@ -10,7 +10,7 @@ the stream's (re-checked) viewer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aicm import models
@@ -68,22 +68,56 @@ class Access:
         assert self.viewer.user_id is not None and self.viewer.session_id is not None
         return item.channel in (channels.user(self.viewer.user_id), channels.session(self.viewer.session_id))
 
+    async def start(self, kind: str, check: Callable[[], Awaitable[object]]) -> None:
+        """Authorize a stream whose subscription to ``channels()`` is registered already: from then on
+        whatever may take the access away reaches the stream, so an answer kept by ``OpenChecks`` (dropped at
+        the first event on those channels) serves as well as a fresh one. ``check`` raises the stream's
+        refusal (NOT_FOUND, FORBIDDEN); ``kind`` names it, since answers of different checks differ."""
+        await self._fresh_viewer()
+        await self._decide(kind, check)
+
     async def recheck(self) -> None:
         """Reload the viewer (in place, so the loaders resolving events see it) and check again, else
-        FORBIDDEN."""
+        FORBIDDEN. After one event many streams re-check alike: the first answer serves the others."""
+        await self._fresh_viewer()
+
+        async def check() -> None:
+            project = await models.Project.get_or_none(id=self.project_id)
+            if project is None or not await authorization.can(self.viewer, self.permission, project):
+                raise Forbidden("Access to this project was lost", reason="ACCESS_LOST")
+
+        await self._decide("recheck", check)
+
+    async def _fresh_viewer(self) -> None:
         viewer = self.viewer
         assert viewer.user_id is not None and viewer.session_id is not None
+        opens = self.auth.opens
         try:
-            await session_check(self.auth, viewer.session_id, viewer.user_id)
-            fresh = await load_viewer(viewer.user_id, viewer.session_id, viewer.ip, viewer.user_agent)
+            if opens is not None:
+                fresh = await opens.viewer(self.auth, viewer.user_id, viewer.session_id)
+            else:
+                await session_check(self.auth, viewer.session_id, viewer.user_id)
+                fresh = await load_viewer(viewer.user_id, viewer.session_id, viewer.ip, viewer.user_agent)
         except AppError as exc:
             lost = "Access was lost: the session or account has ended"
             raise Forbidden(lost, reason="ACCESS_LOST") from exc
         viewer.refresh(fresh)
-        project = await models.Project.get_or_none(id=self.project_id)
-        if project is None or not await authorization.can(viewer, self.permission, project):
-            raise Forbidden("Access to this project was lost", reason="ACCESS_LOST")
-        await self.settle()
+
+    async def _decide(self, kind: str, check: Callable[[], Awaitable[object]]) -> None:
+        """Run ``check`` (or take its kept answer) and remember the roles deciding the access."""
+
+        async def load() -> frozenset[int]:
+            await check()
+            return await authorization.access_roles(self.viewer, self.project_id)
+
+        opens = self.auth.opens
+        if opens is None:
+            self.roles = await load()
+        else:
+            viewer = self.viewer
+            key = ("access", kind, viewer.user_id, viewer.session_id, self.project_id, self.permission)
+            self.roles = await opens.remember(key, self.channels(), load)
+        self.viewer.forget()  # a stream lives as long as its connection: it keeps no per-request lookups
 
     async def after(self, item: Event | Missed) -> None:
         if self.may_change(item):
@@ -103,10 +137,10 @@ async def _items(subscription: Subscription) -> AsyncIterator[Event | Missed]:
 async def project_events(
     viewer: Viewer, broker: Broker, auth: AuthServices, project_id: int
 ) -> AsyncIterator[dict[str, Any]]:
-    await authorization.get_visible_project(viewer, project_id)
+    viewer.require_user()
     access = Access(auth, viewer, project_id, Permission.PROJECT_READ)
-    await access.settle()
-    async with broker.subscribe(access.channels()) as subscription:
+    async with broker.subscribe(access.channels()) as subscription:  # first: see Access.start
+        await access.start("project", lambda: authorization.get_visible_project(viewer, project_id))
         async for item in _items(subscription):
             if isinstance(item, Event) and item.channel == channels.project(project_id):
                 yield item.payload  # first: a MEMBER_REMOVED event reaches the member it removes
@@ -142,11 +176,15 @@ async def approval_requests(
     viewer: Viewer, broker: Broker, auth: AuthServices, project_id: int
 ) -> AsyncIterator[int]:
     """The id of each approval request of the project when it is asked for and when it is decided."""
-    project = await authorization.get_visible_project(viewer, project_id)
-    await authorization.require(viewer, Permission.TASK_READ, project)
+    viewer.require_user()
+
+    async def check() -> None:
+        project = await authorization.get_visible_project(viewer, project_id)
+        await authorization.require(viewer, Permission.TASK_READ, project)
+
     access = Access(auth, viewer, project_id, Permission.TASK_READ)
-    await access.settle()
-    async with broker.subscribe(access.channels()) as subscription:
+    async with broker.subscribe(access.channels()) as subscription:  # first: see Access.start
+        await access.start("approvals", check)
         async for item in _items(subscription):
             if (
                 isinstance(item, Event)

@@ -48,7 +48,9 @@ class BrokerStats:
     delivered: int = 0  # events handed to a consumer by a subscription's iterator
     dropped: int = 0  # events discarded because their subscriber fell behind
     reconnects: int = 0  # successful reconnections of the Redis listener after a loss
-    subscribers: int = 0  # gauge: open subscriptions in this process
+    subscribers: int = (
+        0  # gauge: open subscriptions in this process (not the internal ones: ``Subscription.internal``)
+    )
 
 
 def encode(payload: Mapping[str, Any]) -> str:
@@ -70,6 +72,7 @@ class Broker(abc.ABC):
         self.stats = BrokerStats()
         self._subs: dict[str, set[Subscription]] = {}  # channel -> its open local subscriptions
         self._open_subs: set[Subscription] = set()
+        self._internal = 0  # how many of them are internal (not counted in stats.subscribers)
         self._running = False
         self._closed = False
 
@@ -137,7 +140,8 @@ class Broker(abc.ABC):
         self._check_running()
         sub._opened()
         self._open_subs.add(sub)
-        self.stats.subscribers = len(self._open_subs)
+        self._internal += sub.internal
+        self.stats.subscribers = len(self._open_subs) - self._internal
         added = []
         for channel in sub.channels:
             holders = self._subs.get(channel)
@@ -150,8 +154,10 @@ class Broker(abc.ABC):
         return added
 
     def _release(self, sub: Subscription) -> None:
-        self._open_subs.discard(sub)
-        self.stats.subscribers = len(self._open_subs)
+        if sub in self._open_subs:
+            self._open_subs.discard(sub)
+            self._internal -= sub.internal
+        self.stats.subscribers = len(self._open_subs) - self._internal
         removed = []
         for channel in sub.channels:
             holders = self._subs.get(channel)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aicm.metrics import EVENTS_DELIVERED, EVENTS_DROPPED
 
@@ -70,6 +70,8 @@ class Subscription:
     ``catch_up`` yields ``Missed(FELL_BEHIND)`` instead of what was dropped; it simply stops when it is closed
     (``aclose()``, leaving the context, or the broker closing).
     """
+
+    internal: ClassVar[bool] = False  # the broker's own bookkeeping (no consumer): not in stats.subscribers
 
     __slots__ = (
         "_broker",
