@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aicm.config import LogFileConfig, LoggingConfig
 from aicm.logs.context import bind_request, current_request_id, reset_request
@@ -441,3 +443,22 @@ def test_zero_backups_truncate_the_file(tmp_path: Path) -> None:
         handler.close()
     assert [p.name for p in tmp_path.iterdir()] == ["app.log"]
     assert path.stat().st_size <= 400
+
+
+_SECRET_PIECES = st.sampled_from(
+    ["password=", "PassWd: ", "API-KEY=", "x_private_key:", "Refresh", "TOKEN", '"secret": "', "Cookie=",
+     "Bearer ", "BASIC ", "eyJ", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "sk-ant-api03-abcdefgh",
+     "authorization", "=", ":", " ", '"', "'", "&", "accepted", "WebSocket /graphql", "127.0.0.1"]
+)  # fmt: skip
+
+
+@given(st.lists(st.one_of(_SECRET_PIECES, st.text(max_size=8)), max_size=12).map("".join))
+def test_the_quick_check_skips_only_texts_no_pattern_could_touch(text: str) -> None:
+    """``redact_text`` returns a text unscanned unless it holds one of the patterns' literal parts: what
+    it returns is what the four patterns make of it."""
+    from aicm.logs import redaction as r
+
+    scanned = r._KEY_VALUE.sub(r._redact_key_value, text)
+    scanned = r._AUTH_SCHEME.sub(lambda m: f"{m[1]} {REDACTED}", scanned)
+    scanned = r._ANTHROPIC_KEY.sub(REDACTED, r._JWT.sub(REDACTED, scanned))
+    assert Redactor().redact_text(text) == scanned
