@@ -153,6 +153,8 @@ async def test_frames_keep_their_order_across_direct_and_queued_delivery(
     for n in range(3, 30):
         await publish(app, project, n)
     received = [seconds((await next_of(ws))["payload"]["data"]["projectEvents"]) for _ in range(29)]
+    # (and a change to a role nobody here holds: nothing to send, nothing to re-check)
+    await app.state.runtime.broker.publish(channels.roles(), {"type": "ROLE_UPDATED", "role_id": 10**9})
     for n in range(30, 40):
         await publish(app, project, n)
     received += [seconds((await next_of(ws))["payload"]["data"]["projectEvents"]) for _ in range(10)]
@@ -160,6 +162,33 @@ async def test_frames_keep_their_order_across_direct_and_queued_delivery(
     assert received == list(range(1, 40))
     assert app.state.runtime.broker.stats.direct - direct >= 11
     await ws.close()
+
+
+async def test_a_socket_closed_during_a_burst_costs_the_others_nothing(
+    app: Starlette, db: None, server_url: str
+) -> None:
+    # given two viewers on a plain selection
+    owner, watcher, project = await world(app)
+    variables = {"id": encode_id("Project", project.id)}
+    base = app.state.runtime.broker.stats.subscribers
+    gone = await (await GraphQLWS.open(server_url, await token_for(app, watcher))).acked()
+    staying = await (await GraphQLWS.open(server_url, await token_for(app, owner))).acked()
+    await gone.subscribe("1", PLAIN, variables)
+    await staying.subscribe("1", PLAIN, variables)
+    await settled(app, base + 2)
+    # when one of them drops its connection while events keep coming
+    for n in range(1, 101):
+        if n == 20:
+            gone.connection.transport.abort()
+        await publish(app, project, n)
+        if n % 10 == 0:
+            await asyncio.sleep(0.01)
+    # then the other gets every event, in order, and the dropped one's subscription ends
+    assert [
+        seconds((await next_of(staying))["payload"]["data"]["projectEvents"]) for _ in range(100)
+    ] == list(range(1, 101))
+    await settled(app, base + 1)
+    await staying.close()
 
 
 async def test_a_viewer_losing_access_is_ended_while_the_others_go_on_directly(
