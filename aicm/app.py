@@ -28,6 +28,7 @@ from aicm.http.middleware.rate_limit import RateLimitMiddleware
 from aicm.http.middleware.request_id import RequestIdMiddleware
 from aicm.http.middleware.security_headers import SecurityHeadersMiddleware, cors_options, hsts_value
 from aicm.http.middleware.websocket_shortcut import WebSocketShortcut
+from aicm.http.websocket import RawSend
 from aicm.logs.setup import configure_logging
 from aicm.ratelimit import make_rate_limits
 from aicm.redis_pool import make_redis
@@ -93,7 +94,9 @@ def build_app(settings: Settings) -> Starlette:
     if settings.monitoring.metrics.enabled:
         routes.append(metrics.metrics_route(settings.monitoring.metrics))
     middleware = [
-        # Outermost first: every later layer (and its log lines) sees the request id.
+        # Outermost first: the server's own send of each WebSocket, for its frames (aicm/http/websocket.py).
+        Middleware(RawSend),
+        # Every later layer (and its log lines) sees the request id.
         Middleware(RequestIdMiddleware),
         Middleware(PublisherMiddleware),
         Middleware(ClientIPMiddleware, trusted_proxies=settings.server.trusted_proxies),

@@ -231,6 +231,7 @@ async def stats(request: Request) -> JSONResponse:
             "subscribers": broker.stats.subscribers,
             "channels": broker.channel_count,
             "delivered": broker.stats.delivered,
+            "direct": broker.stats.direct,
             "dropped": broker.stats.dropped,
             "tasks": len(asyncio.all_tasks()),
         }

@@ -9,7 +9,11 @@ checks.
   ``security.rate_limit.max_ws_connections_per_user`` connections (4429 beyond); one connection runs at most
   ``graphql.max_subscriptions_per_connection`` operations at once (``RATE_LIMITED`` beyond).
 - A ``next`` whose rendering is shared with other subscribers (``aicm.schema.rendering``) is sent as the
-  payload JSON encoded once, with this operation's id spliced in.
+  payload JSON encoded once, with this operation's id spliced in, straight to the server's socket: the
+  outermost layer (``RawSend``) records uvicorn's own ``send``, so frames skip the per-frame ASGI wrappers.
+- Each ``graphql-transport-ws`` operation may be delivered to directly (``aicm.subscriptions.direct``): its
+  events written during the fan-out, while the socket is writable; otherwise (paused, closing, the operation
+  completed) they go the per-subscriber way.
 - The legacy ``graphql-ws`` protocol (off unless configured) gets the same guarantees as
   ``graphql-transport-ws``: ``connection_init`` within the timeout, and 4403 for a refused connection.
 """
@@ -23,6 +27,7 @@ from json import JSONDecodeError
 from typing import Any
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.exceptions import ConnectionRejectionError
@@ -38,14 +43,74 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import Subscr
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage, StartMessage
 from strawberry.types.execution import ExecutionResult, PreExecutionError
+from websockets.exceptions import InvalidState
+from websockets.protocol import State
 
 from aicm.errors import RateLimited
 from aicm.http.middleware.rate_limit import subscribe_refusal
 from aicm.metrics import WEBSOCKET_CONNECTIONS
 from aicm.ratelimit import ConnectionSlot, RateLimits
 from aicm.schema.rendering import RenderedData
+from aicm.subscriptions.direct import DIRECT, Direct, Setup
+
+try:  # uvicorn's default WebSocket implementation since 0.35; with an older one, frames go through its send
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # pragma: no cover
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
 MESSAGE_TOO_BIG = 1009  # RFC 6455
+RAW_SEND = "aicm.raw_send"  # scope key: the server's own send of a WebSocket connection
+
+
+class RawSend:
+    """Outermost: records the server's ``send`` of each WebSocket connection in its scope, so that frames can
+    skip the middleware's per-message wrappers (none of which does anything with a frame)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
+
+
+def frame_writer(scope: Scope) -> WebSocketsSansIOProtocol | None:
+    """The uvicorn protocol behind a connection, when frames can be written to it synchronously (uvicorn's
+    default ``websockets-sansio`` implementation); None for any other server or implementation."""
+    protocol = getattr(scope.get(RAW_SEND), "__self__", None)
+    sansio = WebSocketsSansIOProtocol is not None and isinstance(protocol, WebSocketsSansIOProtocol)
+    return protocol if sansio else None
+
+
+def write_now(protocol: WebSocketsSansIOProtocol, frame: bytes) -> bool:
+    """Write a text frame unless the socket cannot take it right now (closing, closed, or paused because its
+    transport buffer is over the high-water mark): what uvicorn's ``send`` does, without waiting.
+
+    Without extensions the frame is framed here (RFC 6455 §5.2: FIN and text opcode, the length, no mask from
+    a server): websockets' ``send_text`` and ``data_to_send`` cost ~10 µs per frame, as much as the write.
+    With permessage-deflate, websockets compresses it (per connection: its compression context)."""
+    if protocol.close_sent or protocol.disconnected or not protocol.writable.is_set():
+        return False
+    conn = protocol.conn
+    if conn.extensions:
+        try:
+            conn.send_text(frame)
+        except InvalidState:
+            return False
+        protocol.transport.write(b"".join(conn.data_to_send()))
+        return True
+    if conn.state is not State.OPEN or conn.expect_continuation_frame:
+        return False
+    size = len(frame)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = b"\x81\x7e" + size.to_bytes(2, "big")
+    else:
+        header = b"\x81\x7f" + size.to_bytes(8, "big")
+    protocol.transport.write(header + frame)
+    return True
 
 
 def larger_than(text: str, limit: int) -> bool:
@@ -118,7 +183,50 @@ class _OneSlotPerConnection:
             await limits.close_connection(slot)
 
 
+class _OperationDirect(Direct):
+    """Direct delivery for one operation: its frames written while it runs and the socket is writable."""
+
+    __slots__ = ("_handler", "_operation", "_prefix", "_protocol")
+
+    def __init__(
+        self,
+        handler: TransportWSHandler,
+        operation: Operation[Any, Any],
+        protocol: WebSocketsSansIOProtocol,
+    ) -> None:
+        super().__init__()
+        self._handler, self._operation, self._protocol = handler, operation, protocol
+        self._prefix = b'{"id":' + orjson.dumps(operation.id) + b',"type":"next","payload":'
+
+    def write(self, payload: bytes) -> bool:
+        operation = self._operation
+        if operation.completed or self._handler.operations.get(operation.id) is not operation:
+            return False  # completed, or completed by the client (its task is being cancelled)
+        return write_now(self._protocol, self._prefix + payload + b"}")
+
+
 class TransportWSHandler(_OneSlotPerConnection, BaseGraphQLTransportWSHandler[Any, Any]):
+    _protocol: WebSocketsSansIOProtocol | bool | None = False  # False: not looked up yet
+
+    def _frames(self) -> WebSocketsSansIOProtocol | None:
+        protocol = self._protocol
+        if protocol is False:
+            protocol = self._protocol = frame_writer(self.websocket.ws.scope)  # type: ignore[attr-defined]
+        return protocol  # type: ignore[return-value]
+
+    async def run_operation(self, operation: Operation[Any, Any]) -> None:
+        """Strawberry's, within a context that lets the operation's stream deliver directly."""
+        protocol = self._frames()
+        if protocol is None:
+            await super().run_operation(operation)
+            return
+        setup = Setup(_OperationDirect(self, operation, protocol))
+        DIRECT.set(setup)  # this operation's task only
+        try:
+            await super().run_operation(operation)
+        finally:
+            setup.clear()
+
     async def handle(self) -> None:
         WEBSOCKET_CONNECTIONS.inc()
         try:
@@ -188,7 +296,12 @@ class TransportWSHandler(_OneSlotPerConnection, BaseGraphQLTransportWSHandler[An
         if operation.completed:
             return
         frame = f'{{"id":{orjson.dumps(operation.id).decode()},"type":"next","payload":{data.encoded}}}'
-        await self.websocket.ws.send_text(frame)  # type: ignore[attr-defined]
+        protocol = self._frames()
+        ws = self.websocket.ws  # type: ignore[attr-defined]
+        connected = ws.application_state == WebSocketState.CONNECTED
+        if protocol is not None and connected and write_now(protocol, frame.encode()):
+            return
+        await ws.send_text(frame)  # waits for a paused socket, and says what a closed one is
 
 
 class LegacyWSHandler(_OneSlotPerConnection, BaseGraphQLWSHandler[Any, Any]):

@@ -10,6 +10,7 @@ the stream's (re-checked) viewer.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from aicm.auth.viewer import Viewer, load_viewer
 from aicm.errors import AppError, BadUserInput, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
 from aicm.resolvers.loaders import Loaders
-from aicm.subscriptions import channels, events
+from aicm.subscriptions import channels, direct, events
 from aicm.subscriptions.broker import Broker
 from aicm.subscriptions.events import line_payload
 from aicm.subscriptions.subscription import Event, FellBehind, Missed, Subscription
@@ -38,6 +39,7 @@ class Access:
         assert viewer.user_id is not None and viewer.session_id is not None
         self.auth, self.viewer, self.project_id, self.permission = auth, viewer, project_id, permission
         self.roles: frozenset[int] = frozenset()  # the roles deciding that access; see ``settle``
+        self.project_channel = channels.project(project_id)  # asked of every event: made once
 
     def channels(self, *extra: str) -> list[str]:
         """The channels a stream listens to: its own, plus those that may change the viewer's access."""
@@ -61,7 +63,7 @@ class Access:
         """Whether ``item`` may have taken the access away (missed events may have)."""
         if isinstance(item, Missed):
             return True
-        if item.channel == channels.project(self.project_id):
+        if item.channel == self.project_channel:
             return item.payload.get("type") in events.ACCESS_CHANGING
         if item.channel == channels.roles():
             return item.payload.get("role_id") in self.roles
@@ -139,12 +141,22 @@ async def project_events(
 ) -> AsyncIterator[dict[str, Any]]:
     viewer.require_user()
     access = Access(auth, viewer, project_id, Permission.PROJECT_READ)
+    own = access.project_channel
     async with broker.subscribe(access.channels()) as subscription:  # first: see Access.start
         await access.start("project", lambda: authorization.get_visible_project(viewer, project_id))
+        direct.arm(subscription, functools.partial(_project_route, access, own))
         async for item in _items(subscription):
-            if isinstance(item, Event) and item.channel == channels.project(project_id):
+            if isinstance(item, Event) and item.channel == own:
                 yield item.payload  # first: a MEMBER_REMOVED event reaches the member it removes
             await access.after(item)
+
+
+def _project_route(access: Access, own: str, event: Event) -> Any:
+    """What ``project_events`` does with ``event`` when it cannot change the access: yields its payload (its
+    own channel) or nothing; None (deliver it the usual way) when it may change the access."""
+    if access.may_change(event):
+        return None
+    return event.payload if event.channel == own else direct.SKIP
 
 
 async def task_updates(

@@ -11,6 +11,11 @@ Authorization stays per subscriber: the resolver streams decide, for each subscr
 event is yielded at all and end the stream with FORBIDDEN on access loss; sharing only skips re-executing a
 selection whose result cannot differ (same event, same selection, same viewer for viewer-dependent fields).
 Entries hold their sources strongly and are checked by identity, so a recycled ``id()`` never matches.
+
+Direct delivery (``aicm.subscriptions.direct``) goes further for an operation whose selection reads only the
+event object's own fields (no resolver, a scalar or enum: ``projectEvents { type projectId at }``), which are
+the same for every viewer: ``offer_direct`` gives it a ``DirectRendering``, which executes the selection once
+per event and operation (document and variables) during the fan-out, for every subscriber of it.
 """
 
 from __future__ import annotations
@@ -18,14 +23,29 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from graphql import ExecutionResult
+from graphql import (
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLEnumType,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    InlineFragmentNode,
+    SelectionSetNode,
+    get_named_type,
+)
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-__all__ = ["RenderedData", "Rendering", "SharedRenderingContext", "cache"]
+from aicm.subscriptions.direct import DIRECT
+from aicm.subscriptions.subscription import Event
+
+__all__ = ["DirectRendering", "RenderedData", "Rendering", "SharedRenderingContext", "cache", "offer_direct"]
 
 CACHE_SIZE = 4096  # recent (operation, event) renderings kept; a few events' worth at thousands of operations
 CACHE_BYTES = 8 * 1024 * 1024  # and at most this much of their JSON and of the sources they keep alive
@@ -121,6 +141,12 @@ class SharedRenderingContext(StrawberryGraphQLCoreExecutionContext):
     _shared: _Shared | None = None
     _variables: str | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        setup = DIRECT.get()
+        if setup is not None and setup.direct is not None:  # its stream may deliver directly: offer_direct
+            setup.executor = self
+
     def build_per_event_executor(self, payload: Any) -> Any:
         executor = super().build_per_event_executor(payload)
         rendering = getattr(payload, "rendering", None)
@@ -195,3 +221,131 @@ def _settle(pending: asyncio.Future[RenderedData | None], shared: _Shared, data:
         cache.discard(shared[0])
     else:
         cache.put(shared[0], shared[1], data, shared[2])
+
+
+_INCLUDE_SKIP = frozenset({"include", "skip"})  # their arguments are variables or literals: in the key
+
+
+class _Memo:
+    """The renderings of the event being fanned out, by operation: one event fans out at a time (the fan-out
+    is synchronous), so when another comes the previous one's are done with."""
+
+    event: Event | None = None
+    payloads: dict[tuple[int, str], tuple[object, bytes | None]] = {}
+
+
+_memo = _Memo()
+
+
+class DirectRendering:
+    """Renders what a stream yields, for direct delivery: the operation's selection executed once per event
+    and operation; ``None`` for a result with errors (each subscriber then executes it on its own)."""
+
+    __slots__ = ("_build", "_executor", "_key")
+
+    def __init__(self, executor: SharedRenderingContext, build: Callable[[Any], object]) -> None:
+        self._executor = executor
+        self._build = build
+        self._key = (id(executor.operation), _variables_key(executor.variable_values))  # type: ignore[arg-type]
+
+    def __call__(self, event: Event, value: Any) -> bytes | None:
+        memo = _memo
+        if memo.event is not event:
+            memo.event = event
+            memo.payloads = {}
+        operation = self._executor.operation
+        found = memo.payloads.get(self._key)
+        if found is not None and found[0] is operation:
+            return found[1]
+        payload = self._execute(value)
+        memo.payloads[self._key] = (operation, payload)
+        return payload
+
+    def _execute(self, value: Any) -> bytes | None:
+        executor = self._executor
+        # graphql-core's own per-event copy: this execution is shared by construction, not through the cache
+        base = StrawberryGraphQLCoreExecutionContext
+        per_event = base.build_per_event_executor(executor, self._build(value))
+        result = per_event.execute_operation(False)
+        if executor.is_awaitable(result):  # not for the fields offer_direct accepts; never left unawaited
+            asyncio.ensure_future(result).add_done_callback(_retrieve)
+            return None
+        if result.errors or result.data is None:
+            return None
+        return orjson.dumps({"data": result.data})
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def offer_direct(build: Callable[[Any], object]) -> None:
+    """Let this operation's stream deliver directly (``aicm.subscriptions.direct``) when its selection reads
+    only the event object's own fields; ``build`` makes that object from what the stream yields."""
+    setup = DIRECT.get()
+    if setup is None:
+        return
+    direct, executor, setup.executor = setup.direct, setup.executor, None
+    if direct is not None and executor is not None and _reads_event_only(executor):
+        direct.render = DirectRendering(executor, build)
+
+
+def _reads_event_only(executor: SharedRenderingContext) -> bool:
+    """Whether the operation's one root field selects only fields without a resolver of their own whose type
+    is a scalar or an enum: the event object's own values, the same whoever asks, resolved synchronously."""
+    root_type = executor.schema.subscription_type
+    selections = executor.operation.selection_set.selections
+    if root_type is None or len(selections) != 1:
+        return False
+    root = selections[0]
+    if not isinstance(root, FieldNode) or root.directives or root.selection_set is None:
+        return False
+    field = root_type.fields.get(root.name.value)
+    parent = get_named_type(field.type) if field is not None else None
+    if not isinstance(parent, GraphQLObjectType):
+        return False
+    return _plain(root.selection_set, parent, executor.fragment_definitions, set())
+
+
+def _plain(
+    selection_set: SelectionSetNode,
+    parent: GraphQLObjectType,
+    fragments: dict[str, FragmentDefinitionNode],
+    seen: set[str],
+) -> bool:
+    for selection in selection_set.selections:
+        if any(d.name.value not in _INCLUDE_SKIP for d in selection.directives or ()):
+            return False
+        if isinstance(selection, FieldNode):
+            if selection.arguments or selection.selection_set is not None:
+                return False
+            if selection.name.value == "__typename":
+                continue
+            field = parent.fields.get(selection.name.value)
+            leaf = get_named_type(field.type) if field is not None else None
+            if field is None or not isinstance(leaf, GraphQLScalarType | GraphQLEnumType):
+                return False
+            definition = (field.extensions or {}).get("strawberry-definition")
+            if definition is None or definition.base_resolver is not None or definition.extensions:
+                return False
+        elif isinstance(selection, InlineFragmentNode):
+            condition = selection.type_condition
+            if condition is not None and condition.name.value != parent.name:
+                return False
+            if not _plain(selection.selection_set, parent, fragments, seen):
+                return False
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if getattr(selection, "arguments", None) or fragment is None:
+                return False
+            if fragment.type_condition.name.value != parent.name:
+                return False
+            if name not in seen:
+                seen.add(name)
+                if not _plain(fragment.selection_set, parent, fragments, seen):
+                    return False
+        else:
+            return False
+    return True

@@ -10,6 +10,7 @@ import strawberry
 
 from aicm.metrics import GRAPHQL_SUBSCRIPTIONS
 from aicm.resolvers import subscriptions as subscriptions_resolvers
+from aicm.schema import rendering
 from aicm.schema.context import Info
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.projects import Project, ProjectMember
@@ -115,6 +116,7 @@ class Subscription:
         self, info: Info, project_id: strawberry.ID
     ) -> AsyncGenerator[ProjectEvent, None]:
         context, project_pk = info.context, decode_id(project_id, "Project", field="projectId")
+        rendering.offer_direct(ProjectEvent.from_payload)
         async for payload in _open(info, subscriptions_resolvers.project_events, project_pk):
             context.renew_loaders()  # each event is resolved against fresh data, as the viewer sees it now
             yield ProjectEvent.from_payload(payload)

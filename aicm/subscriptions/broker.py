@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar
 
+from aicm.metrics import EVENTS_DELIVERED
 from aicm.subscriptions.subscription import Event, Subscription
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_QUEUE", "Broker", "BrokerStats", "PublishError", "encode"]
@@ -45,7 +46,8 @@ class PublishError(Exception):
 class BrokerStats:
     """Counters for the metrics endpoint."""
 
-    delivered: int = 0  # events handed to a consumer by a subscription's iterator
+    delivered: int = 0  # events handed to a consumer by a subscription's iterator, or directly
+    direct: int = 0  # of those, delivered during the fan-out (aicm.subscriptions.direct)
     dropped: int = 0  # events discarded because their subscriber fell behind
     reconnects: int = 0  # successful reconnections of the Redis listener after a loss
     subscribers: int = (
@@ -181,5 +183,11 @@ class Broker(abc.ABC):
         if not holders:
             return
         event = Event(channel, payload, size)
+        direct = 0
         for sub in tuple(holders):  # a subscriber that falls behind leaves the set meanwhile
-            sub._push(event)
+            if sub._offer(event):
+                direct += 1
+        if direct:
+            self.stats.delivered += direct
+            self.stats.direct += direct
+            EVENTS_DELIVERED.inc(direct)

@@ -7,6 +7,9 @@ or, opened with ``catch_up=True`` (streams whose events are also in storage: tas
 dropped and replaced by one ``Missed`` marker, after which the consumer reads what it lost from storage.
 Publishing never waits for a subscriber, and nothing else holds events, so memory stays bounded by
 subscribers x max_bytes (plus one event: an event arriving at an empty queue is always taken).
+
+A subscription with a ``direct`` delivery (``aicm.subscriptions.direct``) hands it each event that arrives
+while its consumer waits with nothing queued; what it declines is queued as above.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -85,6 +88,7 @@ class Subscription:
         "_waiter",
         "catch_up",
         "channels",
+        "direct",
         "max_bytes",
         "max_queue",
         "pending_bytes",
@@ -112,6 +116,8 @@ class Subscription:
         self.max_queue = max_queue
         self.max_bytes = max_bytes
         self.catch_up = catch_up
+        # Set by the stream (aicm.subscriptions.direct): delivers an event during the fan-out, True when done.
+        self.direct: Callable[[Event], bool] | None = None
         self.pending_bytes = 0  # encoded size of the queued events
         self._broker = broker
         # Made on first use: an idle subscription holds no deque, and no Event, only the future it awaits.
@@ -188,6 +194,20 @@ class Subscription:
 
     def _opened(self) -> None:
         self._state = _OPEN
+
+    def _offer(self, event: Event) -> bool:
+        """``_push`` for a fanned-out event; True when it was delivered directly (the broker counts those)."""
+        direct, waiter = self.direct, self._waiter
+        # Directly only while the consumer waits with nothing queued: nothing of this subscriber's in flight.
+        if direct is not None and waiter is not None and not waiter.done() and self._state == _OPEN:
+            try:
+                if direct(event):
+                    return True
+            except Exception:  # never the publisher's problem: this subscriber goes the usual way from now on
+                log.exception("direct delivery failed", extra={"event": "direct_delivery_failed"})
+                self.direct = None
+        self._push(event)
+        return False
 
     def _push(self, item: Event | Missed) -> None:
         if self._state != _OPEN:
