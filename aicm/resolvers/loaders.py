@@ -66,6 +66,8 @@ class Loaders:
             self._deliveries
         )
         self.month_cost_by_project_id: DataLoader[int, float] = _loader(self._month_costs)
+        # The schema's objects built from this request's rows, by row identity (aicm.schema.loading.once).
+        self.built: dict[int, tuple[object, object]] = {}
 
     def prime_projects(self, projects: Iterable[models.Project]) -> None:
         """Projects just read under this viewer's visibility (a root field's answer): their nested fields need

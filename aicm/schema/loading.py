@@ -19,8 +19,9 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, Selection
 
 from aicm.schema.context import Info
 
-__all__ = ["MISSING", "from_loader", "peek", "selected"]
+__all__ = ["MISSING", "from_loader", "once", "peek", "selected"]
 
+R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 T = TypeVar("T")
@@ -53,6 +54,18 @@ def from_loader(loader: DataLoader[K, V], key: K, convert: Callable[[V], T]) -> 
 
 async def _later(loader: DataLoader[K, V], key: K, convert: Callable[[V], T]) -> T:
     return convert(await loader.load(key))
+
+
+def once(info: Info, row: R, build: Callable[[R], T]) -> T:
+    """``build(row)``, made once per loaded row in this request (or subscription event): a page shows the
+    same few users and roles many times (the viewer and the owner in every project)."""
+    built = info.context.loaders.built
+    found = built.get(id(row))
+    if found is not None and found[0] is row:  # the row itself is kept, so its id() cannot be reused
+        return found[1]  # type: ignore[return-value]
+    value = build(row)
+    built[id(row)] = (row, value)
+    return value
 
 
 def selected(info: Info, *path: str) -> set[str]:

@@ -15,7 +15,7 @@ from aicm.resolvers import projects as projects_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.resolvers import webhooks as webhooks_resolvers
 from aicm.schema.context import Info
-from aicm.schema.loading import from_loader, selected
+from aicm.schema.loading import from_loader, once, selected
 from aicm.schema.mapping import from_row
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
@@ -70,19 +70,21 @@ class Webhook:
 
 def _member_user(info: Info, project_id: int, user_id: int) -> User | Awaitable[User]:
     """A member's user: shown wherever the project's members are readable (see ``Loaders.member_user``)."""
-    return from_loader(info.context.loaders.member_user, (project_id, user_id), _found_member_user)
+    return from_loader(
+        info.context.loaders.member_user, (project_id, user_id), lambda user: _found_member_user(info, user)
+    )
 
 
-def _found_member_user(user: models.User | None) -> User:
+def _found_member_user(info: Info, user: models.User | None) -> User:
     if user is None:  # only reachable from a membership the viewer may not read
         raise NotFound("User not found")
-    return User.from_model(user)
+    return once(info, user, User.from_model)
 
 
-def _found_role(role: models.Role | None) -> Role:
+def _found_role(info: Info, role: models.Role | None) -> Role:
     if role is None:  # a member's role cannot be deleted (CONFLICT), so only a race gets here
         raise NotFound("Role not found")
-    return Role.from_model(role)
+    return once(info, role, Role.from_model)
 
 
 def _members(rows: list[models.ProjectMember]) -> list[ProjectMember]:
@@ -116,7 +118,8 @@ class ProjectMember:
 
     @strawberry.field(graphql_type=Role)
     def role(self, info: Info) -> Role | Awaitable[Role]:
-        return from_loader(info.context.loaders.role_by_id, self.role_pk, _found_role)
+        roles = info.context.loaders.role_by_id
+        return from_loader(roles, self.role_pk, lambda role: _found_role(info, role))
 
 
 @strawberry.type
