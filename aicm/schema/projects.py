@@ -256,11 +256,12 @@ async def _prefetch(info: Info, projects: list[models.Project], *path: str) -> N
     every row through the viewer's ``Loaders``, so exactly what the fields would show."""
     loaders = info.context.loaders
     loaders.prime_projects(projects)  # just read under the viewer's visibility
-    fields = selected(info, *path)
+    selection = info.selected_fields
+    fields = selected(selection, *path)
     ids = [project.id for project in projects]
     users = [(p.id, p.owner_id) for p in projects] if "owner" in fields else []  # type: ignore[attr-defined]
     if "members" in fields:
-        wanted = selected(info, *path, "members")
+        wanted = selected(selection, *path, "members")
         members = [m for group in await loaders.members_by_project_id.load_many(ids) for m in group]
         if "user" in wanted:
             users += [(m.project_id, m.user_id) for m in members]  # type: ignore[attr-defined]
