@@ -34,6 +34,7 @@ from graphql import (
 )
 from graphql.execution.collect_fields import FieldDetailsList
 from graphql.pyutils import Path
+from graphql.pyutils.gather_with_cancel import gather_with_cancel
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
 
@@ -114,8 +115,80 @@ def _attribute(name: str, output: GraphQLOutputType) -> Resolve:
     return resolve_attribute
 
 
+_SLOW: Any = object()  # a leaf the direct read cannot complete: graphql-core's path reports it
+
+
+def _leaf_value(leaf: _Leaf, source: Any) -> Any:
+    value = getattr(source, leaf.attribute)
+    if value is None:
+        return _SLOW if leaf.non_null else None
+    if isinstance(value, Exception):
+        return _SLOW
+    try:
+        coerced = leaf.coerce(value)
+    except Exception:
+        return _SLOW
+    return _SLOW if coerced is None or coerced is Undefined else coerced
+
+
 class LeanExecutionContext(SharedRenderingContext):
     """The shared-rendering execution context, completing plain scalar and enum attributes directly."""
+
+    def _direct_leaves(self) -> bool:
+        middleware = self.middleware_manager
+        return middleware is None or not middleware.middlewares  # a resolve hook must see every field
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Path | None,
+        grouped_field_set: Any,
+        position_context: Any,
+    ) -> Any:
+        """graphql-core's ``execute_fields`` with the plain leaves completed in the loop: no ``Path``, no
+        ``execute_field`` call, no awaitable check for them (most of a page's fields)."""
+        if not self._direct_leaves():
+            return super().execute_fields(
+                parent_type, source_value, path, grouped_field_set, position_context
+            )
+        results: dict[str, Any] = {}
+        is_awaitable = self.is_awaitable
+        awaitable_fields: list[str] = []
+        fields = parent_type.fields
+        try:
+            for response_name, field_details_list in grouped_field_set.items():
+                field_def = fields.get(field_details_list[0].node.name.value)
+                leaf = getattr(field_def.resolve, "leaf", None) if field_def is not None else None
+                if leaf is not None:
+                    value = _leaf_value(leaf, source_value)
+                    if value is not _SLOW:
+                        results[response_name] = value
+                        continue
+                field_path = Path(path, response_name, parent_type.name)
+                result = super().execute_field(
+                    parent_type, source_value, field_details_list, field_path, position_context
+                )
+                if result is not Undefined:
+                    results[response_name] = result
+                    if is_awaitable(result):
+                        awaitable_fields.append(response_name)
+        except Exception:
+            if awaitable_fields:  # settle what other fields started: they may fail too (as graphql-core)
+                self.settle_in_background([results[field] for field in awaitable_fields])
+            raise
+        if not awaitable_fields:
+            return results
+        return self._await_fields(results, awaitable_fields)
+
+    async def _await_fields(self, results: dict[str, Any], awaitable_fields: list[str]) -> dict[str, Any]:
+        if len(awaitable_fields) == 1:
+            field = awaitable_fields[0]
+            results[field] = await results[field]
+        else:
+            awaited = await gather_with_cancel(*(results[field] for field in awaitable_fields))
+            results.update(zip(awaitable_fields, awaited, strict=True))
+        return results
 
     def execute_field(
         self,
@@ -127,17 +200,8 @@ class LeanExecutionContext(SharedRenderingContext):
     ) -> Any:
         field_def = parent_type.fields.get(field_details_list[0].node.name.value)
         leaf: _Leaf | None = getattr(field_def.resolve, "leaf", None) if field_def is not None else None
-        middleware = self.middleware_manager
-        if leaf is not None and (middleware is None or not middleware.middlewares):
-            value = getattr(source, leaf.attribute)
-            if value is None:
-                if not leaf.non_null:
-                    return None
-            elif not isinstance(value, Exception):
-                try:
-                    coerced = leaf.coerce(value)
-                except Exception:  # reported by graphql-core's own path below
-                    coerced = None
-                if coerced is not None and coerced is not Undefined:
-                    return coerced
+        if leaf is not None and self._direct_leaves():
+            value = _leaf_value(leaf, source)
+            if value is not _SLOW:
+                return value
         return super().execute_field(parent_type, source, field_details_list, path, position_context)

@@ -75,7 +75,7 @@ class Query:
 
 
 QUERY = """{ items { id name at colour note shout withInfo later repeat(times: 3) secret fails
-  __typename alias: name } }"""
+  __typename alias: name again: later } }"""
 BROKEN = "{ items { id missing } }"
 
 
