@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from functools import lru_cache
 
 from aicm.errors import BadUserInput, NotFound
 
@@ -25,6 +26,7 @@ _CURSOR = "cursor"
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only (int() also takes other scripts' digits)
 
 
+@lru_cache(maxsize=8192)  # a page of a list encodes the same few users' and roles' ids over and over
 def _encode(kind: str, key: int | str) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{key}".encode()).decode().rstrip("=")
 

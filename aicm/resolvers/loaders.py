@@ -66,6 +66,13 @@ class Loaders:
             self._deliveries
         )
         self.month_cost_by_project_id: DataLoader[int, float] = _loader(self._month_costs)
+        # The schema's objects built from this request's rows, by row identity (aicm.schema.loading.once).
+        self.built: dict[int, tuple[object, object]] = {}
+
+    def prime_projects(self, projects: Iterable[models.Project]) -> None:
+        """Projects just read under this viewer's visibility (a root field's answer): their nested fields need
+        not read them again (``member_user`` checks each membership's project through ``project_by_id``)."""
+        self.project_by_id.prime_many({project.id: project for project in projects})
 
     def forget_roles_of(self, user_id: int) -> None:
         """After a role change in this request, the next read must see it."""

@@ -19,9 +19,9 @@ from aicm.schema.extensions.nul import RejectNul
 from aicm.schema.extensions.operation_name import RequireOperationName
 from aicm.schema.extensions.persisted_queries import Safelist, load_manifest
 from aicm.schema.extensions.validation import CachedValidation, QuietExecutionContext
+from aicm.schema.lean import LeanExecutionContext, lean_resolvers
 from aicm.schema.oauth import OAuthMutations, OAuthQueries
 from aicm.schema.projects import ProjectMutations, ProjectQueries
-from aicm.schema.rendering import SharedRenderingContext
 from aicm.schema.roles import RoleMutations, RoleQueries
 from aicm.schema.subscriptions import Subscription
 from aicm.schema.tasks import TaskMutations, TaskQueries
@@ -79,10 +79,12 @@ def build_schema(settings: Settings, transport_extensions: Sequence[Callable[[],
         AuthRateLimit,  # the sign-in buckets, after validation, before any resolver
     ]
     extensions += transport_extensions
-    return Schema(
+    schema = Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        execution_context_class=QuietExecutionContext if hide_suggestions else SharedRenderingContext,
+        execution_context_class=QuietExecutionContext if hide_suggestions else LeanExecutionContext,
     )
+    lean_resolvers(schema)  # plain resolvers for the fields that need none of Strawberry's wrapping
+    return schema

@@ -15,6 +15,7 @@ from aicm.resolvers import projects as projects_resolvers
 from aicm.resolvers import tasks as tasks_resolvers
 from aicm.resolvers import webhooks as webhooks_resolvers
 from aicm.schema.context import Info
+from aicm.schema.loading import from_loader, once, selected
 from aicm.schema.mapping import from_row
 from aicm.schema.permissions import IsAuthenticated
 from aicm.schema.relay import Connection, connection, decode_id, encode_id
@@ -67,12 +68,31 @@ class Webhook:
         return [WebhookDelivery.from_model(row) for row in rows]
 
 
-async def _member_user(info: Info, project_id: int, user_id: int) -> User:
+def _member_user(info: Info, project_id: int, user_id: int) -> User | Awaitable[User]:
     """A member's user: shown wherever the project's members are readable (see ``Loaders.member_user``)."""
-    user = await info.context.loaders.member_user.load((project_id, user_id))
+    return from_loader(
+        info.context.loaders.member_user, (project_id, user_id), lambda user: _found_member_user(info, user)
+    )
+
+
+def _found_member_user(info: Info, user: models.User | None) -> User:
     if user is None:  # only reachable from a membership the viewer may not read
         raise NotFound("User not found")
-    return User.from_model(user)
+    return once(info, user, User.from_model)
+
+
+def _found_role(info: Info, role: models.Role | None) -> Role:
+    if role is None:  # a member's role cannot be deleted (CONFLICT), so only a race gets here
+        raise NotFound("Role not found")
+    return once(info, role, Role.from_model)
+
+
+def _members(rows: list[models.ProjectMember]) -> list[ProjectMember]:
+    return [ProjectMember.from_model(row) for row in rows]
+
+
+def _viewer_role(role: models.Role | None) -> Role | None:
+    return Role.from_model(role) if role else None
 
 
 @strawberry.type
@@ -91,16 +111,15 @@ class ProjectMember:
             role_pk=member.role_id,  # type: ignore[attr-defined]
         )
 
-    @strawberry.field
-    async def user(self, info: Info) -> User:
-        return await _member_user(info, self.project_pk, self.user_pk)
+    # Synchronous when the root field prefetched them (aicm.schema.loading), else awaiting their loaders.
+    @strawberry.field(graphql_type=User)
+    def user(self, info: Info) -> User | Awaitable[User]:
+        return _member_user(info, self.project_pk, self.user_pk)
 
-    @strawberry.field
-    async def role(self, info: Info) -> Role:
-        role = await info.context.loaders.role_by_id.load(self.role_pk)
-        if role is None:  # a member's role cannot be deleted (CONFLICT), so only a race gets here
-            raise NotFound("Role not found")
-        return Role.from_model(role)
+    @strawberry.field(graphql_type=Role)
+    def role(self, info: Info) -> Role | Awaitable[Role]:
+        roles = info.context.loaders.role_by_id
+        return from_loader(roles, self.role_pk, lambda role: _found_role(info, role))
 
 
 @strawberry.type
@@ -147,20 +166,20 @@ class Project:
             has_agent_credential=bool(project.agent_credential_secret),
         )
 
-    @strawberry.field(description="The summed costUsd of the tasks created this calendar month (UTC).")
-    async def month_cost_usd(self, info: Info) -> float:
-        return await info.context.loaders.month_cost_by_project_id.load(self.pk)
+    # Synchronous below when a root field prefetched their batches (``_prefetch``, aicm.schema.loading).
+    @strawberry.field(
+        description="The summed costUsd of the tasks created this calendar month (UTC).", graphql_type=float
+    )
+    def month_cost_usd(self, info: Info) -> float | Awaitable[float]:
+        return from_loader(info.context.loaders.month_cost_by_project_id, self.pk, float)
 
-    @strawberry.field(description="One of the members holding an owner role.")
-    async def owner(self, info: Info) -> User:
-        return await _member_user(info, self.pk, self.owner_pk)
+    @strawberry.field(description="One of the members holding an owner role.", graphql_type=User)
+    def owner(self, info: Info) -> User | Awaitable[User]:
+        return _member_user(info, self.pk, self.owner_pk)
 
-    @strawberry.field
-    async def members(self, info: Info) -> list[ProjectMember]:
-        return [
-            ProjectMember.from_model(m)
-            for m in await info.context.loaders.members_by_project_id.load(self.pk)
-        ]
+    @strawberry.field(graphql_type=list[ProjectMember])
+    def members(self, info: Info) -> list[ProjectMember] | Awaitable[list[ProjectMember]]:
+        return from_loader(info.context.loaders.members_by_project_id, self.pk, _members)
 
     @strawberry.field(description="The project's tasks, newest first.")
     async def tasks(
@@ -188,10 +207,11 @@ class Project:
         rows = await webhooks_resolvers.project_webhooks(info.context.loaders, self.pk)
         return [Webhook.from_model(row) for row in rows]
 
-    @strawberry.field(description="The viewer's role in this project; null when not a member.")
-    async def viewer_role(self, info: Info) -> Role | None:
-        role = await info.context.loaders.viewer_role_by_project_id.load(self.pk)
-        return Role.from_model(role) if role else None
+    @strawberry.field(
+        description="The viewer's role in this project; null when not a member.", graphql_type=Role | None
+    )
+    def viewer_role(self, info: Info) -> Role | Awaitable[Role | None] | None:
+        return from_loader(info.context.loaders.viewer_role_by_project_id, self.pk, _viewer_role)
 
 
 @strawberry.input
@@ -230,6 +250,31 @@ class ProjectCredentialInput:
     ssh_private_key: str | None = None
 
 
+async def _prefetch(info: Info, projects: list[models.Project], *path: str) -> None:
+    """Load what the selection at ``path`` asks of these projects, in the batches their fields would use, so
+    that those fields resolve without awaiting (aicm.schema.loading): one query per relation, as before, and
+    every row through the viewer's ``Loaders``, so exactly what the fields would show."""
+    loaders = info.context.loaders
+    loaders.prime_projects(projects)  # just read under the viewer's visibility
+    selection = info.selected_fields
+    fields = selected(selection, *path)
+    ids = [project.id for project in projects]
+    users = [(p.id, p.owner_id) for p in projects] if "owner" in fields else []  # type: ignore[attr-defined]
+    if "members" in fields:
+        wanted = selected(selection, *path, "members")
+        members = [m for group in await loaders.members_by_project_id.load_many(ids) for m in group]
+        if "user" in wanted:
+            users += [(m.project_id, m.user_id) for m in members]  # type: ignore[attr-defined]
+        if "role" in wanted:
+            await loaders.role_by_id.load_many([m.role_id for m in members])  # type: ignore[attr-defined]
+    if users:
+        await loaders.member_user.load_many(users)  # the owners' and the members' users in one batch
+    if "viewerRole" in fields:
+        await loaders.viewer_role_by_project_id.load_many(ids)
+    if "monthCostUsd" in fields:
+        await loaders.month_cost_by_project_id.load_many(ids)
+
+
 def _project_id(value: strawberry.ID, field: str = "id") -> int:
     return decode_id(value, "Project", field=field)
 
@@ -257,7 +302,9 @@ async def _change_member(
 class ProjectQueries:
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def project(self, info: Info, id: strawberry.ID) -> Project:
-        return Project.from_model(await projects_resolvers.get_project(info.context.viewer, _project_id(id)))
+        project = await projects_resolvers.get_project(info.context.viewer, _project_id(id))
+        await _prefetch(info, [project])
+        return Project.from_model(project)
 
     @strawberry.field(permission_classes=[IsAuthenticated])
     async def projects(
@@ -271,6 +318,7 @@ class ProjectQueries:
         page = await projects_resolvers.list_projects(
             info.context.viewer, first=first, after=after, search=search, include_archived=include_archived
         )
+        await _prefetch(info, page.rows, "edges", "node")
         return connection(page, Project.from_model)
 
 

@@ -174,3 +174,56 @@ async def test_task_changes_in_a_task_list_run_constant_sql_and_no_git_at_page_s
     assert small == large, (small, large)
     assert large <= 8
     assert _git_commands() == before
+
+
+def _reads(statements: list[str], table: str) -> list[str]:
+    """The SELECTs reading rows of ``table`` (not a COUNT, not a subquery of another table's filter)."""
+    return [
+        s
+        for s in statements
+        if s.startswith("SELECT")
+        and not s.startswith("SELECT COUNT")
+        and f'FROM "{table}" WHERE' in s.split(" IN (")[0]
+    ]
+
+
+OWNERS_AND_MEMBERS = """
+query($first: Int!) {
+  projects(first: $first) {
+    edges { node { id ...People } }
+  }
+}
+fragment People on Project {
+  owner { email }
+  ... on Project { members { addedAt user { email } role { name } } }
+  skipped: viewerRole @skip(if: true) { name }
+}
+"""
+
+
+async def test_a_project_page_reads_owners_and_members_users_in_one_batch_through_fragments(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    # given 5 projects, each with an owner, a developer and the viewer
+    viewer = await make_user()
+    owners = []
+    for _ in range(5):
+        owner = await make_user()
+        project = await make_project(owner)
+        await add_member(project, await make_user(), DEVELOPER)
+        await add_member(project, viewer, VIEWER)
+        owners.append(owner.email)
+    token = await token_for(app, viewer)
+    # when the nested fields are spread from fragments
+    with count_sql() as statements:
+        data = assert_ok(await execute(client, OWNERS_AND_MEMBERS, {"first": 5}, token=token))
+    # then the page's projects are read once (the nested fields do not re-check them), the owners' and the
+    # members' users in one batch, and the skipped field not at all
+    nodes = [edge["node"] for edge in data["projects"]["edges"]]
+    assert sorted(node["owner"]["email"] for node in nodes) == sorted(owners)
+    assert all(len(node["members"]) == 3 and node["members"][0]["role"]["name"] for node in nodes)
+    assert all(viewer.email in [m["user"]["email"] for m in node["members"]] for node in nodes)
+    assert all("skipped" not in node for node in nodes)
+    assert len(_reads(statements, "projects")) == 1, statements
+    assert len(_reads(statements, "project_members")) == 1, statements
+    assert len([s for s in _reads(statements, "users") if '"id" IN' in s]) == 1, statements

@@ -18,7 +18,7 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from aicm.schema.extensions._reject import rejected
-from aicm.schema.rendering import SharedRenderingContext
+from aicm.schema.lean import LeanExecutionContext
 
 __all__ = ["CachedValidation", "QuietExecutionContext"]
 
@@ -54,8 +54,8 @@ class CachedValidation(SchemaExtension):
         yield
 
 
-class QuietExecutionContext(SharedRenderingContext):
-    """The shared-rendering execution context, building every execution with ``hide_suggestions``."""
+class QuietExecutionContext(LeanExecutionContext):
+    """The (lean, shared-rendering) execution context, building every execution with ``hide_suggestions``."""
 
     @classmethod
     def build(cls, *args: Any, **kwargs: Any) -> Any:
