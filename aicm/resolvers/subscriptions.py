@@ -9,6 +9,7 @@ the stream's (re-checked) viewer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -29,6 +30,11 @@ REPLAY_PAGE = 500  # lines per replayed batch, at most (CONTRACT §11)
 REPLAY_BYTES = 256 * 1024  # about this much per replayed batch (one message), unless one line is larger
 REPLAY_FIRST = 20  # lines of the first read, before their size is known
 REPLAY_READ_BYTES = 1024 * 1024  # about this much per later read
+# taskLogs sends this many lines, then lets the event loop run: the agent's reader and the log writer get
+# their turn between every few messages of each per-line subscriber, so storing keeps its pace while a
+# per-line subscriber falls behind (and later catches up from storage), instead of every subscriber sending
+# a whole batch line by line before the writer runs again
+PER_LINE_TURN = 20
 
 
 class Access:
@@ -269,8 +275,12 @@ async def task_log_batches(
 async def task_logs(
     viewer: Viewer, broker: Broker, auth: AuthServices, task_id: int, after_seq: int
 ) -> AsyncIterator[dict[str, Any]]:
-    """``task_log_batches``, one line at a time."""
+    """``task_log_batches``, one line at a time, yielding the event loop every ``PER_LINE_TURN`` lines."""
+    sent = 0
     async with contextlib.aclosing(task_log_batches(viewer, broker, auth, task_id, after_seq)) as batches:
         async for batch in batches:
             for line in batch:
                 yield line
+                sent += 1
+                if sent % PER_LINE_TURN == 0:
+                    await asyncio.sleep(0)
