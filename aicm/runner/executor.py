@@ -469,7 +469,7 @@ class TaskExecutor:
                 line = line.replace(secret, REDACTED)
             parsed = parse_line(stream, line)
             summary.feed(parsed)
-            await writer.add(parsed.stream, parsed.kind, parsed.text, parsed.data)
+            await writer.add(parsed.stream, parsed.kind, parsed.text, parsed.data, parsed.json)
             if note := cut_note(line, self.isolation.limits):
                 await writer.add("system", "text", note, None)
 

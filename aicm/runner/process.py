@@ -40,6 +40,7 @@ import asyncio
 import codecs
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -63,7 +64,11 @@ DEFAULT_DRAIN_TIMEOUT = 2.0  # after the agent exits, stop reading pipes that st
 _POLL = 0.05  # how often to look for the agent's exit while waiting on something else
 _RESEND_TERM = 0.5  # sandboxed cancel: how often SIGTERM is sent again to what runs inside
 _REAP_TIMEOUT = 5.0  # after SIGKILL, how long to wait for the kernel to report the exit
-_QUEUE_SIZE = 256  # lines read ahead of the consumer; beyond that the pipes fill and the agent waits
+_CHUNK = 64 * 1024  # bytes read from a pipe at once, then cut into lines
+_QUEUE_SIZE = 16  # chunks read ahead of the consumer; beyond that the pipes fill and the agent waits
+# The agent's stdout pipe holds this much (Linux; 64 KiB by default, ~180 stream-json lines): an agent that
+# prints fast goes on while the event loop is busy elsewhere for a few ms, instead of waiting on a full pipe
+_PIPE_BYTES = 1024 * 1024
 
 _LIMIT_POLL = 0.25  # how often to look at the run's cgroup for an OOM kill or a refused fork
 _MAX_DESCENDANTS = 10_000
@@ -232,12 +237,13 @@ class AgentProcess:
             raise RuntimeError("lines() can be iterated only once")
         self._lines_taken = True
         assert proc.stdout is not None and proc.stderr is not None
-        queue: asyncio.Queue[tuple[str, str] | _End] = asyncio.Queue(maxsize=_QUEUE_SIZE)
+        queue: asyncio.Queue[tuple[str, list[str]] | _End] = asyncio.Queue(maxsize=_QUEUE_SIZE)
+        _widen_pipe(proc)
         pumps = [
             asyncio.create_task(self._pump("stdout", proc.stdout, queue)),
             asyncio.create_task(self._pump("stderr", proc.stderr, queue)),
         ]
-        getter: asyncio.Future[tuple[str, str] | _End] | None = None
+        getter: asyncio.Future[tuple[str, list[str]] | _End] | None = None
         open_streams = len(pumps)
         try:
             # Each pass takes one item, or waits at most _POLL while the agent runs (its exit matters because
@@ -259,7 +265,9 @@ class AgentProcess:
                     if item.error is not None:
                         raise item.error
                     continue
-                yield item
+                stream, read = item
+                for line in read:
+                    yield stream, line
         finally:
             if getter is not None:
                 getter.cancel()
@@ -268,55 +276,33 @@ class AgentProcess:
             await asyncio.gather(*pumps, return_exceptions=True)
 
     async def _pump(self, name: str, reader: asyncio.StreamReader, queue: asyncio.Queue) -> None:
+        """Read the pipe in large chunks and queue its lines a chunk at a time (one queue item, one consumer
+        wake-up per chunk rather than per line)."""
         error: BaseException | None = None
         cap = self.limits.output_bytes if self.limits else None
+        lines = _LineSplitter(self.max_line_bytes)
         try:
-            while (read := await self._read_line(reader)) is not None:  # ends at EOF
-                line, size = read
-                self._output_bytes += size
-                if cap is not None and self._output_bytes > cap:
-                    self._hit("output_bytes")  # then drain and drop, so that nothing blocks on the pipe
-                    continue
-                await queue.put((name, line))
+            while chunk := await reader.read(_CHUNK):  # ends at EOF
+                if read := lines.feed(chunk):
+                    await queue.put((name, self._within_cap(read, cap)))
+            if last := lines.end():
+                await queue.put((name, self._within_cap([last], cap)))
         except Exception as exc:  # handed to the consumer, raised from lines()
             error = exc
         await queue.put(_End(name, error))
 
-    async def _read_line(self, reader: asyncio.StreamReader) -> tuple[str, int] | None:
-        """The next line and the bytes it took from the pipe, or None at EOF."""
-        try:
-            raw = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:  # EOF: a last line without newline, or nothing
-            if not exc.partial:
-                return None
-            raw = exc.partial
-        except asyncio.LimitOverrunError:
-            return await self._read_long_line(reader)
-        return _decode(raw.removesuffix(b"\n").removesuffix(b"\r")), len(raw)
-
-    async def _read_long_line(self, reader: asyncio.StreamReader) -> tuple[str, int]:
-        # The buffer holds more than max_line_bytes bytes and none of the first max_line_bytes is a newline.
-        head = await reader.read(self.max_line_bytes)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        text = decoder.decode(head, final=False)  # holds back a character cut in half
-        dropped = len(decoder.getstate()[0])
-        consumed = len(head)
-        while True:  # each pass consumes buffered bytes; ends at the newline or at EOF
-            try:
-                rest = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                dropped += len(exc.partial)
-                consumed += len(exc.partial)
-                break
-            except asyncio.LimitOverrunError as exc:
-                chunk = len(await reader.read(max(exc.consumed, 1)))
-                dropped += chunk
-                consumed += chunk
+    def _within_cap(self, read: list[tuple[str, int]], cap: int | None) -> list[str]:
+        """The lines to hand on; past ``output_bytes`` none (the run is ended, the pipe drained)."""
+        if cap is None:
+            return [line for line, _ in read]
+        kept = []
+        for line, size in read:
+            self._output_bytes += size
+            if self._output_bytes > cap:
+                self._hit("output_bytes")
                 continue
-            dropped += len(rest.removesuffix(b"\n").removesuffix(b"\r"))
-            consumed += len(rest)
-            break
-        return text.replace("\x00", "\ufffd") + f" …[truncated {dropped} bytes]", consumed
+            kept.append(line)
+        return kept
 
     # ---------------------------------------------------------------------------------- waiting, signals
 
@@ -513,6 +499,80 @@ def _signal_descendants(pid: int, sig: signal.Signals) -> None:
     for child in seen:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, sig)
+
+
+def _widen_pipe(proc: asyncio.subprocess.Process) -> None:
+    """Ask for a larger stdout pipe where the OS allows it (best effort: the default works, only slower)."""
+    transport = getattr(proc, "_transport", None)
+    pipe = transport.get_pipe_transport(1) if transport is not None else None
+    handle = pipe.get_extra_info("pipe") if pipe is not None else None
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if handle is None or set_size is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(handle.fileno(), set_size, _PIPE_BYTES)
+
+
+class _LineSplitter:
+    """Cuts what is read from a pipe into ``(line, bytes it took)``, as ``StreamReader.readuntil`` would with
+    ``limit=max_line_bytes``: a line keeps its first ``limit`` bytes and ends with `` …[truncated N bytes]``
+    when it is longer; the bytes beyond are counted, never held."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._partial = b""  # the unfinished line, at most ``limit`` bytes
+        self._head: bytes | None = None  # a line longer than ``limit``: its first ``limit`` bytes
+        self._beyond = 0  # and how many bytes came after them so far
+        self._cr = False  # whether its last byte so far is a \r
+
+    def feed(self, chunk: bytes) -> list[tuple[str, int]]:
+        parts = chunk.split(b"\n")
+        rest = parts.pop()  # after the last newline: the start of the next line
+        out = []
+        limit = self.limit
+        for n, raw in enumerate(parts):
+            if n == 0 and (self._partial or self._head is not None):
+                self._add(raw)
+                out.append(self._finish(newline=True))
+            elif len(raw) <= limit:
+                out.append((_decode(raw.removesuffix(b"\r")), len(raw) + 1))
+            else:
+                self._add(raw)
+                out.append(self._finish(newline=True))
+        if rest:
+            self._add(rest)
+        return out
+
+    def end(self) -> tuple[str, int] | None:
+        """The last line, when the output did not end with a newline."""
+        if not self._partial and self._head is None:
+            return None
+        return self._finish(newline=False)
+
+    def _add(self, piece: bytes) -> None:
+        if self._head is not None:
+            self._beyond += len(piece)
+            self._cr = piece.endswith(b"\r") if piece else self._cr
+            return
+        partial = self._partial + piece
+        if len(partial) <= self.limit:
+            self._partial = partial
+            return
+        self._head, self._beyond, self._partial = partial[: self.limit], len(partial) - self.limit, b""
+        self._cr = partial.endswith(b"\r")
+
+    def _finish(self, *, newline: bool) -> tuple[str, int]:
+        head = self._head
+        if head is None:
+            raw, self._partial = self._partial, b""
+            return _decode(raw.removesuffix(b"\r")), len(raw) + newline
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(head, final=False)  # holds back a character cut in half
+        # readuntil's reader drops the \r before the newline of a long line, not at the end of the output
+        dropped = len(decoder.getstate()[0]) + self._beyond - (1 if newline and self._cr else 0)
+        size = len(head) + self._beyond + newline
+        self._head, self._beyond, self._cr = None, 0, False
+        return text.replace("\x00", "\ufffd") + f" …[truncated {dropped} bytes]", size
 
 
 def _decode(raw: bytes) -> str:

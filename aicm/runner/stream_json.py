@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from aicm.runner.command import SESSION_ID_PATTERN
 
@@ -58,6 +60,8 @@ class ParsedLine:
     kind: str  # the JSON object's "type", else "text"
     text: str  # readable rendering; the raw line for non-JSON lines and for stderr
     data: dict[str, Any] | None  # the parsed object, else None
+    # ``data`` as JSON text when the line itself is that (storable as printed), so nobody encodes it again
+    json: str | None = field(default=None, compare=False)
 
 
 def parse_line(stream: str, raw: str) -> ParsedLine:
@@ -68,14 +72,15 @@ def parse_line(stream: str, raw: str) -> ParsedLine:
     PostgreSQL cannot store, are replaced by U+FFFD in ``text`` and inside ``data``.
     """
     raw = raw.replace("\x00", "\ufffd")
-    data = _load_object(raw) if stream == "stdout" else None
+    data, as_is = _load_object(raw) if stream == "stdout" else (None, False)
     if data is None:
         return ParsedLine(stream, "text", raw, None)
+    text_json = raw if as_is else None
     kind = data.get("type")
     if not isinstance(kind, str) or not kind:
-        return ParsedLine(stream, "text", raw, data)
+        return ParsedLine(stream, "text", raw, data, text_json)
     kind = kind[:MAX_KIND_CHARS]
-    return ParsedLine(stream, kind, _render(kind, data, raw), data)
+    return ParsedLine(stream, kind, _render(kind, data, raw), data, text_json)
 
 
 @dataclass
@@ -141,18 +146,32 @@ def summarize_tool_input(name: str, tool_input: Any) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _load_object(raw: str) -> dict[str, Any] | None:
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19  # orjson reads integers past 64 bits as floats: such lines go to the json module
+
+
+def _load_object(raw: str) -> tuple[dict[str, Any] | None, bool]:
+    """The line's object, and whether the line as printed is storable JSON text of it."""
     if not raw.lstrip().startswith("{"):
-        return None
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return None
+        return None, False
+    encoded = raw.encode(errors="surrogatepass")  # a lone surrogate then fails orjson, not encode()
+    data: Any = None
+    if _LONG_NUMBER not in encoded.translate(_DIGITS):
+        try:  # ~4x faster than json.loads; NaN and Infinity are refused as below
+            data = orjson.loads(encoded)
+        except orjson.JSONDecodeError:
+            data = None  # e.g. an escaped unpaired surrogate: json.loads reads it, _storable fixes it
+    as_is = data is not None
+    if data is None:
+        try:
+            data = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return None, False
     if not isinstance(data, dict):
-        return None
+        return None, False
     if "\\u" in raw:  # only \u escapes can smuggle in NUL or unpaired surrogates
-        data = _storable(data)
-    return data
+        return _storable(data), False
+    return data, as_is
 
 
 def _is_number(value: Any) -> bool:

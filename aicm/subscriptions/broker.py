@@ -32,7 +32,15 @@ from typing import Any, ClassVar
 from aicm.metrics import EVENTS_DELIVERED
 from aicm.subscriptions.subscription import Event, Subscription
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_QUEUE", "Broker", "BrokerStats", "PublishError", "encode"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_QUEUE",
+    "Broker",
+    "BrokerStats",
+    "Encoded",
+    "PublishError",
+    "encode",
+]
 
 DEFAULT_MAX_QUEUE = 1000
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # graphql.subscription_backlog_bytes
@@ -55,8 +63,22 @@ class BrokerStats:
     )
 
 
+class Encoded(dict[str, Any]):
+    """A payload that carries its own JSON text (``json``), made by a publisher that can build it cheaper
+    than encoding the dict (the log writer splices each agent line's JSON in as it was printed).
+
+    ``json`` must decode to exactly this dict: the Redis broker sends the text, the in-process broker hands
+    the dict itself to its subscribers (no round trip), and both must give them the same payload.
+    """
+
+    __slots__ = ("json",)
+    json: str
+
+
 def encode(payload: Mapping[str, Any]) -> str:
     """Strict JSON (no NaN); TypeError/ValueError for what JSON cannot carry, on both brokers alike."""
+    if isinstance(payload, Encoded):
+        return payload.json
     if not isinstance(payload, Mapping):
         raise TypeError(f"event payload must be a mapping, got {type(payload).__name__}")
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from aicm.subscriptions.broker import Broker, encode
+from aicm.subscriptions.broker import Broker, Encoded, encode
 
 __all__ = ["InProcessBroker"]
 
@@ -14,7 +14,8 @@ __all__ = ["InProcessBroker"]
 class InProcessBroker(Broker):
     """The embedded default: subscribers in this process only, delivery during ``publish``.
 
-    Payloads go through a JSON round trip so subscribers see exactly what the Redis broker would give them.
+    Payloads go through a JSON round trip so subscribers see exactly what the Redis broker would give them;
+    an ``Encoded`` payload is that already (its JSON decodes to it), so it is handed over as it is.
     Nothing is lost silently: a subscriber too slow to keep up ends with ``FellBehind``.
     """
 
@@ -22,6 +23,10 @@ class InProcessBroker(Broker):
 
     async def publish(self, channel: str, payload: Mapping[str, Any]) -> None:
         self._check_running()
+        if isinstance(payload, Encoded):
+            if channel in self._subs:
+                self._fan_out(channel, payload, len(payload.json))
+            return
         data = encode(payload)
         if channel in self._subs:
             self._fan_out(channel, json.loads(data), len(data))

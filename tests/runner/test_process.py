@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from aicm.config import DEFAULT_RUNNER_COMMAND
 from aicm.runner.command import build_argv, scrubbed_env
-from aicm.runner.process import AgentNotFound, AgentProcess, RunOutcome
+from aicm.runner.process import AgentNotFound, AgentProcess, RunOutcome, _LineSplitter
 from aicm.runner.stream_json import ParsedLine, RunSummary, parse_line
 
 PY = sys.executable
@@ -424,3 +425,48 @@ async def test_run_that_ends_on_its_own_is_neither_timed_out_nor_cancelled(tmp_p
     outcome, _, _, _ = await run_demo(tmp_path, "quick", time_limit=LIMIT, cancel_event=event)
 
     assert outcome == RunOutcome(exit_code=0)
+
+
+def test_lines_are_cut_the_same_however_the_pipe_delivers_them() -> None:
+    # given output with long lines (one cut inside a character, one whose \r is past the limit), \r\n endings,
+    # empty lines and a last line without newline
+    output = (
+        b"a" * 25
+        + b"\r\nshort\r\n\n"
+        + b"b" * 20
+        + b"\r\n"
+        + ("x" + "\u00e9" * 15).encode()
+        + b"\n"
+        + b"c" * 21
+        + b"\r\n"
+        + b"\xffok\n"
+        + b"tail\r"
+    )
+    expected = [
+        ("a" * 20 + " …[truncated 5 bytes]", 27),
+        ("short", 7),
+        ("", 1),
+        (
+            "b" * 20 + " …[truncated 0 bytes]",
+            22,
+        ),  # with its \r the line passes the limit; the \r is not counted
+        ("x" + "\u00e9" * 9 + " …[truncated 12 bytes]", 32),  # with the half character held back
+        ("c" * 20 + " …[truncated 1 bytes]", 23),
+        ("\ufffdok", 4),
+        ("tail", 5),
+    ]
+
+    def cut(chunk_sizes: list[int]) -> list[tuple[str, int]]:
+        lines, start, got = _LineSplitter(20), 0, []
+        for size in chunk_sizes:
+            got += lines.feed(output[start : start + size])
+            start += size
+        got += lines.feed(output[start:]) if start < len(output) else []
+        last = lines.end()
+        return got + ([last] if last else [])
+
+    # then one read, byte by byte, and random chunks all give the same lines
+    assert cut([]) == cut([1] * len(output)) == expected
+    rng = random.Random(17)
+    for _ in range(50):
+        assert cut([rng.randint(1, 12) for _ in range(len(output))]) == expected

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 
 from aicm import models
 from aicm.auth.permissions import ADMIN, MEMBER
-from aicm.runner.logs import line_payload
 from aicm.schema.relay import encode_id
 from aicm.subscriptions import channels
+from aicm.subscriptions.events import line_payload
 from tests.conftest import Backend
 from tests.factories import make_project, make_role, make_user, token_for
 from tests.graphql import assert_ok, execute

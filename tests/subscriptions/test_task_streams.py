@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 
 from aicm import models
+from aicm.resolvers import subscriptions as subscriptions_resolvers
 from aicm.schema.relay import encode_id
 from tests.factories import make_user, token_for
 from tests.schema.test_tasks import developer_world, finished, start
@@ -137,3 +140,34 @@ async def test_an_outsider_cannot_read_a_tasks_logs(
     message = await ws.receive(5)
     assert message["type"] == "error" and message["payload"][0]["extensions"]["code"] == "NOT_FOUND"
     await ws.close()
+
+
+async def test_per_line_delivery_lets_the_writer_run_between_its_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a per-line stream over 1,000 lines that are all at hand (two batches: no wait of its own)
+    async def batches(*_: object) -> AsyncIterator[list[dict]]:
+        for first in (1, 501):
+            yield [{"seq": n} for n in range(first, first + 500)]
+
+    monkeypatch.setattr(subscriptions_resolvers, "task_log_batches", batches)
+    ticks = 0
+
+    async def other_work() -> None:  # stands for the agent's reader and the log writer
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    # when a consumer that never waits itself (as a WebSocket send that does not block) takes every line
+    try:
+        stream = subscriptions_resolvers.task_logs(None, None, None, 1, 0)  # type: ignore[arg-type]
+        got = [line["seq"] async for line in stream]
+        during = ticks
+    finally:
+        ticker.cancel()
+    # then it gets every line once, in order, and the other work ran every PER_LINE_TURN lines
+    assert got == list(range(1, 1001))
+    assert during >= 1000 // subscriptions_resolvers.PER_LINE_TURN
