@@ -1,25 +1,31 @@
 """taskLogBatches (CONTRACT §11) and slow log readers: every line once, in order, across replay, live, a
-reconnect with afterSeq and a lost broker; a reader that never reads neither slows storage nor grows memory."""
+reconnect with afterSeq, a lost broker connection and a Redis restart; a reader that never reads neither slows storage nor grows memory."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import time
+from pathlib import Path
 from socket import SO_RCVBUF, SOL_SOCKET
 
 import httpx
+import pytest
+import yaml
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 from starlette.applications import Starlette
 
 from aicm import models
+from aicm.ids import decode_id
 from aicm.schema.relay import encode_id
 from aicm.subscriptions.redis_broker import RedisBroker
 from aicm.subscriptions.subscription import Missed
-from tests.conftest import Backend
-from tests.factories import make_user, token_for
+from tests.conftest import DEMO_AGENT, Backend
+from tests.factories import PASSWORD, make_project, make_user, token_for
 from tests.schema.test_tasks import developer_world, finished, start
+from tests.servers import serve
+from tests.subscriptions.test_multi_instance import PersistentRedis, server_env
 from tests.subscriptions.test_task_streams import two_phase_task
 from tests.ws import GraphQLWS
 
@@ -208,3 +214,64 @@ async def test_a_reader_that_never_reads_neither_slows_storage_nor_grows_memory(
     assert completed and seqs(batches) == list(range(1, 1001))
     for ws in readers:
         await ws.close()
+
+
+async def test_a_redis_restart_mid_output_leaves_no_gap_or_duplicate(
+    app: Starlette, backend: Backend, tmp_path: Path
+) -> None:
+    """A real restart of the Redis server an instance uses (not only a lost connection), while its task
+    prints: the batches still hold every line once, in order."""
+    if not backend.uses_services:
+        pytest.skip("needs PostgreSQL and a redis-server")
+    redis_server = PersistentRedis(tmp_path)
+    await redis_server.start()
+    owner = await make_user("restart-logs@example.com")
+    project = await make_project(owner, "Restart Logs")
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "runner": {
+                    "command": DEMO_AGENT,
+                    "agent_cli": "generic",
+                    "env": {"AICM_DEMO_DELAY": "0.01", "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")},
+                    "workspace_root": str(tmp_path / "workspaces"),
+                }
+            }
+        )
+    )
+    try:
+        with serve(tmp_path, server_env(redis_server.url), "--config", str(config)) as base:
+            async with httpx.AsyncClient(base_url=base) as http:
+                token = await _login(http, "restart-logs@example.com")
+                created = await http.post(
+                    "/graphql",
+                    json={
+                        "query": "mutation($p: ID!) { createTask(input: {projectId: $p, prompt: "
+                        '"Count lines:600"}) { id } }',
+                        "variables": {"p": encode_id("Project", project.id)},
+                    },
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                task_id = created.json()["data"]["createTask"]["id"]
+                ws = await (await GraphQLWS.open(base.removeprefix("http://"), token)).acked()
+                await ws.subscribe("1", BATCHES, {"id": task_id, "after": 0})
+                head, _ = await collect_batches(ws, "1", limit=50)
+                # when Redis restarts while the agent is still printing
+                await redis_server.restart()
+                tail, completed = await collect_batches(ws, "1", wait=30)
+                await ws.close()
+        # then
+        assert completed
+        got = seqs(head + tail)
+        task = await models.Task.get(id=decode_id(task_id, "Task"))
+        assert task.status == models.TaskStatus.SUCCEEDED
+        assert got == list(range(1, task.last_seq + 1)) and task.last_seq > 600
+        assert_well_formed(head + tail)
+    finally:
+        await redis_server.stop()
+
+
+async def _login(http: httpx.AsyncClient, email: str) -> str:
+    query = f'mutation {{ login(input: {{email: "{email}", password: "{PASSWORD}"}}) {{ accessToken }} }}'
+    return (await http.post("/graphql", json={"query": query})).json()["data"]["login"]["accessToken"]
