@@ -293,7 +293,13 @@ async def _stored(task_id: int, after_seq: int) -> AsyncIterator[list[dict[str, 
 
 
 async def task_log_batches(
-    viewer: Viewer, broker: Broker, auth: AuthServices, task_id: int, after_seq: int
+    viewer: Viewer,
+    broker: Broker,
+    auth: AuthServices,
+    task_id: int,
+    after_seq: int,
+    *,
+    per_line: bool = False,
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
     """Stored lines with ``seq > after_seq``, then live ones, in batches (replay pages, or the lines stored
     together), with no gap and no duplicate at the seams; ends after the task's last line.
@@ -332,11 +338,29 @@ async def task_log_batches(
             last = fresh[-1]["seq"]
             yield fresh
 
+    def sent(line: dict[str, Any]) -> None:
+        nonlocal last
+        last = line["seq"]
+
+    def route(event: Event) -> Any:
+        """Direct delivery (``per_line``: ``taskLogs``, one message per line) of a published batch that goes
+        on where the stream stands; anything else (a gap, the end, an access change) the usual way."""
+        if event.channel != logs:
+            return None if access.may_change(event) else direct.SKIP
+        if event.payload.get("end"):
+            return None
+        fresh = [line for line in event.payload.get("lines", ()) if line["seq"] > last]
+        if not fresh:
+            return direct.SKIP
+        return direct.Each(fresh, sent) if fresh[0]["seq"] == last + 1 else None
+
     async with broker.subscribe(access.channels(logs), catch_up=True) as subscription:
         async for page in catch_up():
             yield page
         if await finished():
             return
+        if per_line:  # only while this generator waits for the next item: ``last`` is then where it stands
+            direct.arm(subscription, route)
         async for item in _items(subscription):
             if isinstance(item, Event) and item.channel == logs:
                 async for batch in live(item.payload.get("lines", [])):
@@ -361,7 +385,8 @@ async def task_logs(
 ) -> AsyncIterator[dict[str, Any]]:
     """``task_log_batches``, one line at a time, yielding the event loop every ``PER_LINE_TURN`` lines."""
     sent = 0
-    async with contextlib.aclosing(task_log_batches(viewer, broker, auth, task_id, after_seq)) as batches:
+    lines = task_log_batches(viewer, broker, auth, task_id, after_seq, per_line=True)
+    async with contextlib.aclosing(lines) as batches:
         async for batch in batches:
             for line in batch:
                 yield line

@@ -227,11 +227,12 @@ _INCLUDE_SKIP = frozenset({"include", "skip"})  # their arguments are variables 
 
 
 class _Memo:
-    """The renderings of the event being fanned out, by operation: one event fans out at a time (the fan-out
-    is synchronous), so when another comes the previous one's are done with."""
+    """The renderings of the event being fanned out, by operation and value (an event may yield several): one
+    event fans out at a time (the fan-out is synchronous), so when another comes the previous one's are done
+    with."""
 
     event: Event | None = None
-    payloads: dict[tuple[int, str], tuple[object, bytes | None]] = {}
+    payloads: dict[tuple[int, str, int], tuple[object, bytes | None]] = {}
 
 
 _memo = _Memo()
@@ -254,11 +255,12 @@ class DirectRendering:
             memo.event = event
             memo.payloads = {}
         operation = self._executor.operation
-        found = memo.payloads.get(self._key)
+        key = (*self._key, id(value))  # the values are the event's own: alive while it is the memo's
+        found = memo.payloads.get(key)
         if found is not None and found[0] is operation:
             return found[1]
         payload = self._execute(value)
-        memo.payloads[self._key] = (operation, payload)
+        memo.payloads[key] = (operation, payload)
         return payload
 
     def _execute(self, value: Any) -> bytes | None:

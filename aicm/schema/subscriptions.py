@@ -150,6 +150,7 @@ class Subscription:
         self, info: Info, task_id: strawberry.ID, after_seq: int = 0
     ) -> AsyncGenerator[TaskLogLine, None]:
         task_pk = decode_id(task_id, "Task", field="taskId")
+        rendering.offer_direct(_line)
         async for payload in _open(info, subscriptions_resolvers.task_logs, task_pk, after_seq):
             yield _line(payload)
 

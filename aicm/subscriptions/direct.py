@@ -33,11 +33,25 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aicm.subscriptions.subscription import Event, Subscription
 
-__all__ = ["DIRECT", "SKIP", "Direct", "Setup", "arm"]
+__all__ = ["DIRECT", "SKIP", "Direct", "Each", "Setup", "arm"]
 
 SKIP: Any = object()  # a route's answer: the stream would yield nothing for this event, and do nothing else
 
 Route = Callable[["Event"], Any]  # what the stream yields for an event, SKIP, or None (not directly)
+
+
+class Each:
+    """A route's answer for an event the stream would yield several values for (a batch of log lines, one
+    message each): each is written in order, and ``sent(value)`` is called once it is, so the stream knows
+    where it stands. If the socket stops taking frames half-way, the event goes the usual way and the stream
+    skips what was sent (its own bookkeeping, kept by ``sent``)."""
+
+    __slots__ = ("sent", "values")
+
+    def __init__(self, values: list[Any], sent: Callable[[Any], None]) -> None:
+        self.values, self.sent = values, sent
+
+
 Render = Callable[["Event", Any], "bytes | None"]  # a yielded value's encoded payload; None: not shared
 
 
@@ -60,6 +74,15 @@ class Direct:
         if value is None:
             return False
         if value is SKIP:
+            return True
+        if isinstance(value, Each):
+            payloads = [self.render(event, one) for one in value.values]  # type: ignore[misc]
+            if None in payloads:
+                return False
+            for one, payload in zip(value.values, payloads, strict=True):
+                if not self.write(payload):  # type: ignore[arg-type]
+                    return False
+                value.sent(one)
             return True
         payload = self.render(event, value)  # type: ignore[misc]
         return payload is not None and self.write(payload)

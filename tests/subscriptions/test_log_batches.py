@@ -212,6 +212,13 @@ async def test_a_reader_that_never_reads_neither_slows_storage_nor_grows_memory(
     # and a reader that finally reads gets every line once, in order, from storage
     batches, completed = await collect_batches(readers[0], "1", wait=30)
     assert completed and seqs(batches) == list(range(1, 1001))
+    # and so does the per-line reader, whose lines went directly while its socket took them (then queued,
+    # then from storage: aicm.subscriptions.direct)
+    lines = []
+    while (message := await readers[1].receive(30))["type"] == "next":
+        lines.append(message["payload"]["data"]["taskLogs"]["seq"])
+    assert message["type"] == "complete", message
+    assert lines == list(range(1, 1001))
     for ws in readers:
         await ws.close()
 

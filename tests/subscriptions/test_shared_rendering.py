@@ -73,7 +73,7 @@ async def test_a_viewer_losing_access_is_ended_while_others_sharing_the_renderin
     await add_member(project, watcher, VIEWER)
     runner = app.state.runtime.settings.runner
     command, runner.command = runner.command, [sys.executable, "-c", PAUSED, "{prompt}"]
-    hits = rendering.cache.hits
+    hits, direct = rendering.cache.hits, app.state.runtime.broker.stats.direct
     try:
         task_id = await start(client, token, project, "paused")
         staying = await (await GraphQLWS.open(server_url, token)).acked()
@@ -85,7 +85,9 @@ async def test_a_viewer_losing_access_is_ended_while_others_sharing_the_renderin
         assert [(await next_of(leaving))["payload"]["data"]["taskLogs"]["seq"] for _ in range(300)] == head
     finally:
         runner.command = command
-    assert rendering.cache.hits - hits >= 200  # the live lines rendered once for both readers
+    # the live lines rendered once for both readers: through the shared cache, or directly in the fan-out
+    # (once per operation and line, aicm.subscriptions.direct; counted per event and reader)
+    assert rendering.cache.hits - hits >= 200 or app.state.runtime.broker.stats.direct - direct >= 2
     # when the watcher is removed from the project during the pause
     remove = {"p": encode_id("Project", project.id), "u": encode_id("User", watcher.id)}
     assert_ok(await execute(client, REMOVE, remove, token=await token_for(app, owner)))

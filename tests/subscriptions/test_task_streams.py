@@ -146,7 +146,7 @@ async def test_per_line_delivery_lets_the_writer_run_between_its_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given a per-line stream over 1,000 lines that are all at hand (two batches: no wait of its own)
-    async def batches(*_: object) -> AsyncIterator[list[dict]]:
+    async def batches(*_: object, **__: object) -> AsyncIterator[list[dict]]:
         for first in (1, 501):
             yield [{"seq": n} for n in range(first, first + 500)]
 
