@@ -67,6 +67,14 @@ def tortoise_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def placeholders(connection: Any, count: int) -> list[str]:
+    """The ``count`` parameter marks of a raw statement on ``connection`` (a Tortoise client): ``$1, $2...``
+    on PostgreSQL, ``?`` on SQLite."""
+    if connection.capabilities.dialect == "postgres":
+        return [f"${n}" for n in range(1, count + 1)]
+    return ["?"] * count
+
+
 def is_postgres(settings: Settings) -> bool:
     return connection_config(settings)["engine"] == "tortoise.backends.asyncpg"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from aicm import models
 from aicm.auth import authorization
 from aicm.auth.permissions import Permission
 from aicm.auth.viewer import Viewer, load_viewer
+from aicm.db import placeholders
 from aicm.errors import AppError, BadUserInput, Forbidden, RateLimited
 from aicm.resolvers.auth import AuthServices, session_check
 from aicm.resolvers.loaders import Loaders
@@ -249,8 +250,8 @@ async def _read(task_id: int, after_seq: int, limit: int) -> list[dict[str, Any]
     """Stored lines as ``line_payload`` makes them, read without a model instance per row (a reader catching
     up reads thousands of lines a second; Tortoise's instances cost more than the rest of the read)."""
     meta = models.TaskLog._meta
-    marks = ("$1", "$2", "$3") if meta.db.capabilities.dialect == "postgres" else ("?", "?", "?")
-    rows = await meta.db.execute_query_dict(_READ.format(*marks), [task_id, after_seq, limit])
+    statement = _READ.format(*placeholders(meta.db, 3))
+    rows = await meta.db.execute_query_dict(statement, [task_id, after_seq, limit])
     data = meta.fields_map["data"].to_python_value
     return [
         {
@@ -326,14 +327,18 @@ async def task_log_batches(
         current = await models.Task.get(id=task_id)
         return current.status in models.FINISHED and current.last_seq <= last
 
+    def unseen(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The lines past the last one delivered."""
+        return [line for line in lines if line["seq"] > last]
+
     async def live(lines: list[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:
         """The contiguous run of new lines in one published batch; storage first when some are missing."""
         nonlocal last
-        fresh = [line for line in lines if line["seq"] > last]
+        fresh = unseen(lines)
         if fresh and fresh[0]["seq"] > last + 1:  # a gap (events were missed): storage has every line
             async for page in catch_up():
                 yield page
-            fresh = [line for line in fresh if line["seq"] > last]
+            fresh = unseen(fresh)
         if fresh:
             last = fresh[-1]["seq"]
             yield fresh
@@ -349,7 +354,7 @@ async def task_log_batches(
             return None if access.may_change(event) else direct.SKIP
         if event.payload.get("end"):
             return None
-        fresh = [line for line in event.payload.get("lines", ()) if line["seq"] > last]
+        fresh = unseen(event.payload.get("lines", ()))
         if not fresh:
             return direct.SKIP
         return direct.Each(fresh, sent) if fresh[0]["seq"] == last + 1 else None

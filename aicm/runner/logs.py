@@ -29,6 +29,7 @@ import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
+from aicm.db import placeholders
 from aicm.subscriptions import channels
 from aicm.subscriptions.broker import Encoded
 from aicm.subscriptions.publisher import publish
@@ -49,14 +50,13 @@ _COLUMNS = ("task_id", "seq", "at", "stream", "kind", "text", "data")
 
 def _statements(connection: BaseDBAsyncClient) -> tuple[str, str]:
     """The INSERT of one line and the ``last_seq`` UPDATE, in the connection's placeholder style."""
-    if connection.capabilities.dialect == "postgres":
-        marks = [f"${n}" for n in range(1, len(_COLUMNS) + 1)]
-        update = 'UPDATE "tasks" SET "last_seq" = $1 WHERE "id" = $2'
-    else:
-        marks = ["?"] * len(_COLUMNS)
-        update = 'UPDATE "tasks" SET "last_seq" = ? WHERE "id" = ?'
     columns = ", ".join(f'"{name}"' for name in _COLUMNS)
-    return f'INSERT INTO "task_logs" ({columns}) VALUES ({", ".join(marks)})', update
+    marks = ", ".join(placeholders(connection, len(_COLUMNS)))
+    seq, task = placeholders(connection, 2)
+    return (
+        f'INSERT INTO "task_logs" ({columns}) VALUES ({marks})',
+        f'UPDATE "tasks" SET "last_seq" = {seq} WHERE "id" = {task}',
+    )
 
 
 def _data_json(data: dict[str, Any]) -> str:
@@ -141,12 +141,12 @@ class LogWriter:
             _Line([self.task_id, self.seq, at, stream, kind, text, data_json], payload, head, size)
         )
         self._pending_bytes += size
-        full = len(self._pending) >= self.max_batch or self._pending_bytes >= self.max_bytes
+        full = self._full()
         if self._writer is not None:
             while full and self._writer is not None:  # bounded: each pass the writer takes a batch
                 self._room = self._room or asyncio.get_running_loop().create_future()
                 await asyncio.shield(self._room)
-                full = len(self._pending) >= self.max_batch or self._pending_bytes >= self.max_bytes
+                full = self._full()
             if self._error is not None:
                 raise self._error
             if self._writer is not None:
@@ -155,6 +155,16 @@ class LogWriter:
             self._start()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._start)
+
+    def _full(self) -> bool:
+        """Whether a whole batch waits (then add() waits for the writer to take it)."""
+        return len(self._pending) >= self.max_batch or self._pending_bytes >= self.max_bytes
+
+    def _make_room(self) -> None:
+        """Wake the add() waiting for a batch to be taken."""
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
     def _start(self) -> None:
         """Start the writing task unless it runs already (it takes every line that waits)."""
@@ -173,9 +183,7 @@ class LogWriter:
             size += line.size
             batch.append(line)
         self._pending_bytes -= size
-        room, self._room = self._room, None
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._make_room()
         return batch
 
     async def _write(self) -> None:
@@ -187,9 +195,7 @@ class LogWriter:
             self._error = exc
         finally:
             self._writer = None
-            room, self._room = self._room, None
-            if room is not None and not room.done():
-                room.set_result(None)
+            self._make_room()
 
     async def _store(self, batch: list[_Line]) -> None:
         last = batch[-1].row[1]

@@ -118,6 +118,12 @@ def _attribute(name: str, output: GraphQLOutputType) -> Resolve:
 _SLOW: Any = object()  # a leaf the direct read cannot complete: graphql-core's path reports it
 
 
+def _leaf_of(parent_type: GraphQLObjectType, field_details_list: FieldDetailsList) -> _Leaf | None:
+    """The field's plain leaf (set by ``_attribute``), if it is one."""
+    field_def = parent_type.fields.get(field_details_list[0].node.name.value)
+    return getattr(field_def.resolve, "leaf", None) if field_def is not None else None
+
+
 def _leaf_value(leaf: _Leaf, source: Any) -> Any:
     value = getattr(source, leaf.attribute)
     if value is None:
@@ -155,11 +161,9 @@ class LeanExecutionContext(SharedRenderingContext):
         results: dict[str, Any] = {}
         is_awaitable = self.is_awaitable
         awaitable_fields: list[str] = []
-        fields = parent_type.fields
         try:
             for response_name, field_details_list in grouped_field_set.items():
-                field_def = fields.get(field_details_list[0].node.name.value)
-                leaf = getattr(field_def.resolve, "leaf", None) if field_def is not None else None
+                leaf = _leaf_of(parent_type, field_details_list)
                 if leaf is not None:
                     value = _leaf_value(leaf, source_value)
                     if value is not _SLOW:
@@ -198,8 +202,7 @@ class LeanExecutionContext(SharedRenderingContext):
         path: Path,
         position_context: Any,
     ) -> Any:
-        field_def = parent_type.fields.get(field_details_list[0].node.name.value)
-        leaf: _Leaf | None = getattr(field_def.resolve, "leaf", None) if field_def is not None else None
+        leaf = _leaf_of(parent_type, field_details_list)
         if leaf is not None and self._direct_leaves():
             value = _leaf_value(leaf, source)
             if value is not _SLOW:

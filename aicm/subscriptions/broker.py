@@ -58,9 +58,8 @@ class BrokerStats:
     direct: int = 0  # of those, delivered during the fan-out (aicm.subscriptions.direct)
     dropped: int = 0  # events discarded because their subscriber fell behind
     reconnects: int = 0  # successful reconnections of the Redis listener after a loss
-    subscribers: int = (
-        0  # gauge: open subscriptions in this process (not the internal ones: ``Subscription.internal``)
-    )
+    # gauge: open subscriptions in this process (not the internal ones: ``Subscription.internal``)
+    subscribers: int = 0
 
 
 class Encoded(dict[str, Any]):

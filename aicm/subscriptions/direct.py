@@ -26,6 +26,7 @@ taken directly is never overtaken by, nor overtakes, one going the per-subscribe
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,7 @@ class Each:
 Render = Callable[["Event", Any], "bytes | None"]  # a yielded value's encoded payload; None: not shared
 
 
-class Direct:
+class Direct(abc.ABC):
     """One operation's direct delivery; ``write`` is the transport's."""
 
     __slots__ = ("render", "route")
@@ -64,9 +65,9 @@ class Direct:
         self.render: Render | None = None
         self.route: Route | None = None
 
+    @abc.abstractmethod
     def write(self, payload: bytes) -> bool:
         """Send ``payload`` (a ``next`` message's JSON payload) now; False when the socket cannot take it."""
-        raise NotImplementedError
 
     def __call__(self, event: Event) -> bool:
         """Deliver ``event`` here and now; False: queue it for the subscriber's own task instead."""
